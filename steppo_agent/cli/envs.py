@@ -1,0 +1,22 @@
+"""``steppo envs``: list the registered environment ids."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("envs", help="list registered environments")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import steppo_envs
+
+    ids = steppo_envs.registered_ids()
+    width = max(len(i) for i in ids)
+    for env_id in ids:
+        print(f"{env_id:<{width}}  {steppo_envs.describe(env_id)}")
+    return 0

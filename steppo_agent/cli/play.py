@@ -1,0 +1,47 @@
+"""``steppo play ENV_ID``: play an episode in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from steppo_agent.cli.common import parse_env_kwargs
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("play", help="play an episode yourself: type actions, see observations and rewards")
+    p.add_argument("env_id", help="a registered id, e.g. steppo/MultiHopQA-v0 (see `steppo envs`)")
+    p.add_argument("--seed", type=int, default=0, help="task seed")
+    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="environment option (repeatable)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import gymnasium
+
+    import steppo_envs  # noqa: F401  (registers ids)
+
+    env = gymnasium.make(args.env_id, **parse_env_kwargs(args.env_arg))
+    obs, info = env.reset(seed=args.seed)
+    print(f"== system ==\n{info['system_prompt']}\n")
+    total = 0.0
+    while True:
+        print(f"== observation (step {info['step']}/{info['max_steps']}) ==\n{obs}\n")
+        try:
+            action = input("action> ")
+        except EOFError:
+            print("\n(end of input)")
+            break
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        status = "valid" if info["valid"] else f"invalid: {info.get('feedback')}"
+        print(f"-- reward {float(reward):+.3f} (return {total:+.3f}) [{status}] metrics={info['metrics']}")
+        if terminated or truncated:
+            print(f"\n== episode {'terminated' if terminated else 'truncated'}; return {total:+.3f}; success={info.get('success')} ==")
+            print(obs)
+            break
+    env.close()
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,87 @@
+"""Token-exact step trajectory records (pydantic; they cross process boundaries and live in JSONL files).
+
+A :class:`Trajectory` is one episode; each :class:`Step` holds exactly what the policy saw and sampled:
+the prompt token ids (rendered from the observation by :mod:`steppo_agent.prompting`), the response
+token ids, their sampled logprobs, and the environment's reward / terminated / truncated / info.
+Training consumes these ids directly; text is kept for people, never re-tokenised.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["SCHEMA_VERSION", "PolicyInfo", "SamplingConfig", "Step", "Trajectory"]
+
+SCHEMA_VERSION = 1
+
+
+class SamplingConfig(BaseModel):
+    """Sampling settings for one policy call (one step of every active episode)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(1.0, ge=0.0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(128, ge=1, description="Maximum response tokens per step.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (the stop string is kept in the text).")
+    seed: int | None = Field(None, description="Base seed; sample i of a batch uses seed + i (never one seed for all).")
+
+
+class PolicyInfo(BaseModel):
+    """Which policy produced a trajectory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = Field(description="'vllm', 'openai', 'hf', 'expert', 'scripted', ...")
+    model: str = Field(description="Model name or path as given by the user.")
+    version: int = Field(0, description="Weight version: incremented by every trainer push.")
+
+
+class Step(BaseModel):
+    """One agent decision: the state shown, the response sampled, and the environment's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="0-based step index within the episode.")
+    observation: str = Field(description="The rendered state (user message) the prompt was built from.")
+    prompt_ids: list[int] = Field(description="Exact prompt token ids sent to the policy.")
+    response_ids: list[int] = Field(description="Exact sampled response token ids (including a sampled EOS).")
+    response_logprobs: list[float] = Field(description="Sampled-token logprobs, one per response id.")
+    response_text: str = Field(description="Detokenised response (for people; training uses the ids).")
+    finish_reason: str = Field("stop", description="'stop' (EOS / stop string), 'length', or 'error'.")
+    action: dict[str, Any] | None = Field(None, description="The parsed action (ParsedAction.to_dict()).")
+    valid: bool = Field(True, description="Whether the environment accepted the action.")
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    info: dict[str, Any] = Field(default_factory=dict, description="The env's info after this step (minus bulky static keys).")
+
+
+class Trajectory(BaseModel):
+    """One episode, as written to a JSONL line."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: str = Field(description="Unique id: '{task_seed}-{sample}' style, stable for --resume.")
+    env_id: str
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    task_id: str = Field(description="The env's task id (info['task_id']).")
+    seed: int = Field(description="The reset seed (shared by all samples of a group).")
+    group_id: str = Field(description="Episodes with the same group_id share a task (for GRPO/RLOO/GiGPO).")
+    system_prompt: str = Field("", description="The system prompt (constant within an episode).")
+    tools: list[dict[str, Any]] = Field(default_factory=list, description="Tool schemas given to the chat template.")
+    policy: PolicyInfo
+    sampling: SamplingConfig
+    steps: list[Step] = Field(default_factory=list)
+    return_: float = Field(0.0, alias="return", description="Sum of step rewards.")
+    success: bool | None = None
+    terminated: bool = False
+    truncated: bool = False
+    truncation_reason: str | None = Field(None, description="'max_steps', 'context_length', 'error', ... when truncated.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Final task metrics (info['metrics']).")
+
+    def to_json_line(self) -> str:
+        return self.model_dump_json(by_alias=True)

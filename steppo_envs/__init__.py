@@ -1,0 +1,95 @@
+"""steppo_envs: Gymnasium step environments for LLM agents, and their registry.
+
+``import steppo_envs`` registers the bundled ids with Gymnasium (string entry points, so nothing heavy
+is imported until ``gymnasium.make``) and never imports torch, vllm or textworld.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium
+
+from steppo_envs.actions import ParsedAction, ToolCall, format_hint, parse_action
+from steppo_envs.checker import check_step_env
+from steppo_envs.config import ConfigError, build_config
+from steppo_envs.contract import MissingExtraError, StepInfo, TextSpace, make_info, optional_import, text_space
+from steppo_envs.paths import DataDirError, cache_dir, resolve_data_dir
+from steppo_envs.render import Section, render_sections, truncate_text
+from steppo_envs.tools import ToolSpec
+
+__all__ = [
+    "BUNDLED",
+    "ConfigError",
+    "DataDirError",
+    "EnvEntry",
+    "MissingExtraError",
+    "ParsedAction",
+    "Section",
+    "StepInfo",
+    "TextSpace",
+    "ToolCall",
+    "ToolSpec",
+    "build_config",
+    "cache_dir",
+    "check_step_env",
+    "describe",
+    "format_hint",
+    "make_info",
+    "optional_import",
+    "parse_action",
+    "register",
+    "registered_ids",
+    "render_sections",
+    "resolve_data_dir",
+    "text_space",
+    "truncate_text",
+]
+
+__version__ = "0.1.0"
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    """A registered steppo environment: Gymnasium id, string entry point and a one-line description."""
+
+    id: str
+    entry_point: str
+    description: str
+
+
+BUNDLED: tuple[EnvEntry, ...] = (
+    EnvEntry(
+        "steppo/MultiHopQA-v0",
+        "steppo_envs.multihop.env:MultiHopQAEnv",
+        "Multi-hop QA (HotpotQA, MuSiQue, 2Wiki) with BM25 search over a pooled Wikipedia-paragraph corpus.",
+    ),
+)
+
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register(id: str, entry_point: str, description: str) -> None:
+    """Register an environment with Gymnasium and steppo's listing (``steppo envs``).
+
+    ``entry_point`` is a ``"module:Class"`` string so nothing is imported until ``gymnasium.make``.
+    """
+    if "/" not in id or not id.split("/")[-1].split("-v")[-1].isdigit():
+        raise ValueError(f"environment id {id!r} must look like 'namespace/Name-vN', e.g. 'myorg/MyTask-v0'.")
+    if id not in gymnasium.registry:
+        gymnasium.register(id=id, entry_point=entry_point, disable_env_checker=False)
+    _DESCRIPTIONS[id] = description
+
+
+def registered_ids() -> list[str]:
+    """Ids registered through :func:`register` (bundled first), in registration order."""
+    return list(_DESCRIPTIONS)
+
+
+def describe(id: str) -> str:
+    """The one-line description of a registered id."""
+    return _DESCRIPTIONS[id]
+
+
+for _entry in BUNDLED:
+    register(_entry.id, _entry.entry_point, _entry.description)

@@ -1,0 +1,104 @@
+"""``check_step_env``: Gymnasium's ``check_env`` plus the text-environment checks of the steppo contract."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.utils.env_checker import check_env
+
+from steppo_envs.contract import TextSpace
+
+__all__ = ["GARBLED_ACTIONS", "check_step_env"]
+
+REQUIRED_INFO_KEYS = ("task_id", "system_prompt", "tools", "action", "valid", "step", "max_steps", "metrics")
+
+GARBLED_ACTIONS: tuple[str, ...] = (
+    "",
+    " ",
+    "<tool_call>{not json",
+    '<tool_call>{"name": "no_such_tool", "arguments": {}}</tool_call>',
+    '<tool_call>{"name": 3}</tool_call>',
+    "<answer></answer>",
+    "Search[",
+    "]]]][[[[",
+    "\x00\x01\x02 \ufffd \U0001f600",
+    "x" * 20_000,
+)
+
+
+def _check_step_output(out: tuple[Any, ...], where: str) -> None:
+    assert len(out) == 5, f"{where}: step must return a 5-tuple"
+    obs, reward, terminated, truncated, info = out
+    assert isinstance(obs, str), f"{where}: observation must be str, got {type(obs).__name__}"
+    assert isinstance(reward, float | int) and not isinstance(reward, bool), f"{where}: reward must be a float"
+    assert math.isfinite(float(reward)), f"{where}: reward must be finite"
+    assert isinstance(terminated, bool) and isinstance(truncated, bool), f"{where}: terminated/truncated must be bool"
+    _check_info(info, where)
+
+
+def _check_info(info: Any, where: str) -> None:
+    assert isinstance(info, dict), f"{where}: info must be a dict"
+    missing = [k for k in REQUIRED_INFO_KEYS if k not in info]
+    assert not missing, f"{where}: info misses {missing}"
+    try:
+        json.dumps(info)
+    except (TypeError, ValueError) as exc:
+        raise AssertionError(f"{where}: info is not JSON-serialisable: {exc}") from exc
+
+
+def _play(env: gym.Env[str, str], seed: int, actions: list[str]) -> list[Any]:
+    obs, info = env.reset(seed=seed)
+    trace: list[Any] = [obs, info["task_id"]]
+    for a in actions:
+        obs, reward, terminated, truncated, _ = env.step(a)
+        trace.append((obs, float(reward), terminated, truncated))
+        if terminated or truncated:
+            break
+    return trace
+
+
+def check_step_env(env: gym.Env[str, str], *, seed: int = 0, skip_gym_check: bool = False) -> None:
+    """Raise ``AssertionError`` if ``env`` breaks the steppo environment contract.
+
+    Runs Gymnasium's ``check_env`` on the unwrapped env, then checks: text spaces; ``reset`` returns a
+    str observation and a JSON-serialisable info with the standard keys; garbled actions never raise
+    and are reported invalid; an episode of garbled actions ends by truncation at ``max_steps``; the
+    same seed gives the same task and the same observations.
+    """
+    base = env.unwrapped
+    assert isinstance(base.observation_space, TextSpace), "observation_space must be steppo_envs.TextSpace"
+    assert isinstance(base.action_space, TextSpace), "action_space must be steppo_envs.TextSpace"
+    if not skip_gym_check:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check_env(base, skip_render_check=True)
+
+    obs, info = env.reset(seed=seed)
+    assert isinstance(obs, str) and obs, "reset must return a non-empty str observation"
+    _check_info(info, "reset")
+    max_steps = int(info["max_steps"])
+    assert max_steps >= 1, "info['max_steps'] must be >= 1"
+
+    ended_by = None
+    for i in range(max_steps + 1):
+        action = GARBLED_ACTIONS[i % len(GARBLED_ACTIONS)]
+        out = env.step(action)
+        _check_step_output(out, f"garbled step {i}")
+        _, _, terminated, truncated, step_info = out
+        assert step_info["valid"] is False, f"garbled action {action[:40]!r} was accepted as valid"
+        assert step_info.get("feedback"), "an invalid action must come with feedback for the agent"
+        if terminated or truncated:
+            ended_by = (i + 1, terminated, truncated)
+            break
+    assert ended_by is not None, f"an episode of invalid actions did not end within max_steps={max_steps}"
+    assert ended_by == (max_steps, False, True), (
+        f"an episode of invalid actions must be truncated at step {max_steps}, got (steps, terminated, truncated)={ended_by}"
+    )
+
+    probe = [GARBLED_ACTIONS[2], GARBLED_ACTIONS[7]]
+    first, second = _play(env, seed + 1, probe), _play(env, seed + 1, probe)
+    assert first == second, "the same seed must give the same task and the same observations"

@@ -1,0 +1,125 @@
+"""The environment contract shared by every steppo environment (see docs/environments.md).
+
+* ``gymnasium.Env[str, str]`` with :class:`TextSpace` observation and action spaces;
+* the observation is the whole rendered state for the step (the user message);
+* ``info`` is a :class:`StepInfo` (JSON-serialisable) built with :func:`make_info`;
+* invalid actions are normal steps: they count against ``max_steps``, may cost ``invalid_penalty``,
+  and the next observation says what was wrong and how to act.
+"""
+
+from __future__ import annotations
+
+import importlib
+import string
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any, TypedDict
+
+import numpy as np
+from gymnasium import spaces
+
+from steppo_envs.actions import ParsedAction
+from steppo_envs.tools import ToolSpec
+
+__all__ = ["MissingExtraError", "StepInfo", "TextSpace", "make_info", "optional_import", "text_space"]
+
+_SAMPLE_CHARSET = string.printable + "äöüéèñçßøåλπΩ→…“”‘’—中文日本語한국어"
+
+
+class TextSpace(spaces.Text):
+    """A ``spaces.Text`` that contains *any* Python ``str`` up to ``max_length`` characters.
+
+    Gymnasium's ``Text`` only contains strings over a finite charset; model outputs can hold any
+    Unicode character, so membership here only checks the type and the length. ``sample()`` draws
+    short strings from a printable charset with some non-ASCII characters.
+    """
+
+    def __init__(self, max_length: int = 1_000_000, *, sample_max_length: int = 200, seed: int | None = None):
+        super().__init__(max_length=max_length, min_length=0, charset=_SAMPLE_CHARSET, seed=seed)
+        self.sample_max_length = sample_max_length
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        if mask is not None or probability is not None:
+            return super().sample(mask=mask, probability=probability)
+        length = int(self.np_random.integers(0, self.sample_max_length + 1))
+        chars = self.np_random.choice(np.array(list(self.character_set)), size=length)
+        return "".join(chars.tolist())
+
+    def __repr__(self) -> str:
+        return f"TextSpace(max_length={self.max_length})"
+
+
+def text_space(max_length: int = 1_000_000) -> TextSpace:
+    """The observation/action space every steppo env uses."""
+    return TextSpace(max_length=max_length)
+
+
+class StepInfo(TypedDict, total=False):
+    """Keys every steppo env puts in ``info`` (reset and step). All values are JSON-serialisable.
+
+    ``task_id``: stable id of the task (same seed → same id). ``system_prompt``: the system message.
+    ``tools``: OpenAI-style tool schemas (pass to a chat template as ``tools=``). ``action``: the
+    parsed action of this step (``ParsedAction.to_dict()``; ``None`` at reset). ``valid``: whether
+    the action was valid. ``feedback``: the error shown to the agent for an invalid action.
+    ``step``: steps taken so far. ``max_steps``: the step limit. ``metrics``: task metrics (floats).
+    ``success``: whether the task is solved (final steps). ``extra``: env-specific details.
+    """
+
+    task_id: str
+    system_prompt: str
+    tools: list[dict[str, Any]]
+    action: dict[str, Any] | None
+    valid: bool
+    feedback: str | None
+    step: int
+    max_steps: int
+    metrics: dict[str, float]
+    success: bool
+    extra: dict[str, Any]
+
+
+def make_info(
+    *,
+    task_id: str,
+    system_prompt: str,
+    tools: Sequence[ToolSpec],
+    step: int,
+    max_steps: int,
+    action: ParsedAction | None = None,
+    valid: bool = True,
+    feedback: str | None = None,
+    metrics: dict[str, float] | None = None,
+    success: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> StepInfo:
+    """Build the standard ``info`` dict."""
+    return StepInfo(
+        task_id=task_id,
+        system_prompt=system_prompt,
+        tools=[t.to_openai() for t in tools],
+        action=action.to_dict() if action is not None else None,
+        valid=valid,
+        feedback=feedback,
+        step=step,
+        max_steps=max_steps,
+        metrics={k: float(v) for k, v in (metrics or {}).items()},
+        success=bool(success),
+        extra=dict(extra or {}),
+    )
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is missing; the message names the pip extra that installs it."""
+
+
+def optional_import(module: str, extra: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingExtraError` naming ``pip install 'steppo[extra]'``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{module!r} is not installed ({exc}): install it with pip install 'steppo[{extra}]'."
+        ) from exc

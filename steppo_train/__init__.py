@@ -1,0 +1,1 @@
+"""steppo_train: step-level advantages, losses and the trainer."""
