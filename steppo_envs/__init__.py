@@ -64,6 +64,21 @@ BUNDLED: tuple[EnvEntry, ...] = (
         "steppo_envs.multihop.env:MultiHopQAEnv",
         "Multi-hop QA (HotpotQA, MuSiQue, 2Wiki) with BM25 search over a pooled Wikipedia-paragraph corpus.",
     ),
+    EnvEntry(
+        "steppo/TextWorld-v0",
+        "steppo_envs.textworld_env.env:TextWorldEnv",
+        "TextWorld text games generated offline from presets (simple, coin_collector, treasure_hunter, cooking).",
+    ),
+    EnvEntry(
+        "steppo/ALFWorld-v0",
+        "steppo_envs.alfworld_env.env:ALFWorldEnv",
+        "ALFWorld household tasks (six task types) played through TextWorld from the json_2.1.1 games.",
+    ),
+    EnvEntry(
+        "steppo/PaperSearch-v0",
+        "steppo_envs.paper_search.env:PaperSearchEnv",
+        "Offline academic paper search (PaSa / LitSearch questions) with BM25 and related-paper tools over 154k papers.",
+    ),
 )
 
 _DESCRIPTIONS: dict[str, str] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from steppo_agent.records import SamplingConfig
 
@@ -28,9 +28,22 @@ class Policy(Protocol):
     backend: str
     model: str
     version: int
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase: renders prompts, decodes responses
+    max_model_len: int  # prompt + response tokens the engine accepts
 
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig) -> list[Generation]:
-        """Sample one response per prompt. With ``sampling.seed = s``, prompt i uses seed ``s + i``."""
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int | None] | None = None,
+    ) -> list[Generation]:
+        """Sample one response per prompt.
+
+        ``seeds[i]`` seeds prompt i's sampling (the rollout engine derives it from the episode and
+        step, so results do not depend on batch composition). When ``seeds`` is None and
+        ``sampling.seed = s``, prompt i uses ``s + i``; never one seed for every prompt (vLLM would
+        return identical samples).
+        """
         ...
 
     def close(self) -> None:

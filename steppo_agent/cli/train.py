@@ -1,0 +1,57 @@
+"""``steppo train``: StepPO or a baseline, on-policy on an env or offline from trajectory files."""
+
+from __future__ import annotations
+
+import argparse
+
+from steppo_agent.cli.common import parse_env_kwargs
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "train",
+        help="train a policy (steppo, ppo, grpo, rloo, reinforce_pp, gspo, gigpo, sft)",
+        description="Every TrainConfig field can be set with --set key=value (JSON values) or a YAML --config file; "
+        "the flags below are shortcuts. Precedence: algorithm defaults < --config < flags < --set.",
+    )
+    p.add_argument("--algo", default="steppo", help="steppo | ppo | grpo | rloo | reinforce_pp | gspo | gigpo | sft")
+    p.add_argument("--config", help="YAML file of TrainConfig fields")
+    p.add_argument("--env", dest="env_id", help="environment id, e.g. steppo/TextWorld-v0")
+    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="environment option (repeatable)")
+    p.add_argument("--eval-env-arg", action="append", metavar="KEY=VALUE", help="evaluation environment option (repeatable)")
+    p.add_argument("--model", help="smollm2-135m (default), an HF model id or a local folder")
+    p.add_argument("--backend", choices=["vllm", "hf", "openai"], help="rollout backend")
+    p.add_argument("--base-url", action="append", dest="base_urls", help="OpenAI-compatible server (repeatable)")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--tasks", dest="tasks_per_iteration", type=int, help="tasks per iteration")
+    p.add_argument("--group-size", type=int)
+    p.add_argument("--max-tokens", type=int, help="response tokens per step")
+    p.add_argument("--output-dir", help="where metrics, plots and checkpoints go")
+    p.add_argument("--from-trajectories", action="append", help="train offline on these JSONL files (repeatable)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint in --output-dir")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any TrainConfig field, e.g. --set actor_lr=1e-6 gamma=1.0")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from steppo_train.config import load_config
+    from steppo_train.trainer import train
+
+    overrides: dict[str, object] = {}
+    for name in ("env_id", "model", "backend", "base_urls", "iterations", "tasks_per_iteration", "group_size",
+                 "max_tokens", "output_dir", "from_trajectories", "resume", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if args.env_arg:
+        overrides["env_kwargs"] = parse_env_kwargs(args.env_arg)
+    if args.eval_env_arg:
+        overrides["eval_env_kwargs"] = parse_env_kwargs(args.eval_env_arg)
+    overrides.update(parse_env_kwargs(args.set))
+    config = load_config(args.algo, yaml_path=args.config, overrides=overrides)
+    result = train(config)
+    print(f"done: metrics in {result.metrics_path}, curves in {result.output_dir / 'learning_curves.png'}")
+    return 0

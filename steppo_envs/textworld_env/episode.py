@@ -1,0 +1,237 @@
+"""One episode of a TextWorld-engine game, shared by ``TextWorldEnv`` and ``ALFWorldEnv`` (composition,
+not inheritance): it owns the engine, the step counter and the history, and returns the pieces of
+the Gymnasium ``reset`` / ``step`` results.
+
+Step rules (both envs):
+
+* a response with no readable command (see :mod:`steppo_envs.textworld_env.common`) or with an
+  interpreter meta-command is an invalid step that is **not** sent to the game: the state stays,
+  the reward is ``-invalid_penalty``;
+* a readable command is always sent to the game; when it is not one of the admissible commands the
+  step is flagged ``valid=False`` (feedback in ``info`` and in the next observation) and also costs
+  ``invalid_penalty``;
+* reward = the game's score increase at this step (dense), minus the penalty;
+* won or lost -> ``terminated``; otherwise the ``max_steps``-th step -> ``truncated``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steppo_envs.contract import optional_import
+from steppo_envs.textworld_env.common import (
+    CommandChoice,
+    HistoryEntry,
+    StateView,
+    clean_feedback,
+    normalize,
+    read_command,
+    render_state,
+)
+from steppo_envs.tools import ToolSpec
+
+__all__ = ["EpisodeSettings", "GameEpisode", "StepResult"]
+
+ObjectiveFn = Callable[[Any], tuple[str, str]]
+"""``GameState at reset -> (objective, first observation text)``."""
+
+
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """The per-episode knobs both env configs carry (see their docstrings)."""
+
+    max_steps: int
+    budget_chars: int
+    history_window: int
+    history_result_chars: int
+    max_command_chars: int
+    invalid_penalty: float
+    show_inventory: bool
+    show_admissible: bool
+    expert: bool
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step produced; the env turns it into the Gymnasium tuple and ``info``."""
+
+    observation: str
+    reward: float
+    terminated: bool
+    truncated: bool
+    choice: CommandChoice | None
+    valid: bool
+    feedback: str | None
+
+
+def _as_float(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+class GameEpisode:
+    """Plays one game at a time on a TextWorld engine started with ``request_infos`` and ``wrappers``."""
+
+    def __init__(
+        self,
+        settings: EpisodeSettings,
+        tools: Sequence[ToolSpec],
+        *,
+        objective_fn: ObjectiveFn,
+        wrappers_fn: Callable[[], list[Any]] | None = None,
+        inventory_infos: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.tools = tuple(tools)
+        self._objective_fn = objective_fn
+        self._wrappers_fn = wrappers_fn or list
+        self._inventory_infos = inventory_infos and settings.show_inventory
+        self._engine: Any = None
+        self._path: Path | None = None
+        self._state: Any = None
+        self.objective = ""
+        self.observation = ""
+        self.history: list[HistoryEntry] = []
+        self.step_count = 0
+        self.score = 0.0
+        self.walkthrough: list[str] = []
+        self._commands: list[str] = []
+        self.done = False
+
+    # -- engine -------------------------------------------------------------------------------------
+    def _request_infos(self) -> Any:
+        textworld = optional_import("textworld", "textworld")
+        return textworld.EnvInfos(
+            objective=True,
+            admissible_commands=True,
+            inventory=self._inventory_infos,
+            won=True,
+            lost=True,
+            score=True,
+            max_score=True,
+            moves=True,
+            policy_commands=self.settings.expert,
+            extras=["walkthrough"],
+        )
+
+    def start(self, path: Path) -> None:
+        """Reset the engine on ``path`` (reusing it when the same game is drawn again) and clear the episode."""
+        if self._engine is None or self._path != path:
+            self.close()
+            textworld = optional_import("textworld", "textworld")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # jericho: "not fully supported" (TextWorld tracks the score)
+                self._engine = textworld.start(str(path), request_infos=self._request_infos(), wrappers=self._wrappers_fn())
+            self._path = path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._state = self._engine.reset()
+        self.objective, self.observation = self._objective_fn(self._state)
+        self.history, self._commands = [], []
+        self.step_count, self.done = 0, False
+        self.score = _as_float(self._state.get("score"), 0.0)
+        walkthrough = self._state.get("extra.walkthrough")
+        self.walkthrough = list(walkthrough) if isinstance(walkthrough, list | tuple) else []
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+        self._engine, self._path, self._state = None, None, None
+
+    # -- views --------------------------------------------------------------------------------------
+    @property
+    def admissible(self) -> tuple[str, ...] | None:
+        cmds = self._state.get("admissible_commands") if self._state is not None else None
+        return tuple(cmds) if cmds is not None else None
+
+    @property
+    def won(self) -> bool:
+        return bool(self._state is not None and self._state.get("won"))
+
+    @property
+    def lost(self) -> bool:
+        return bool(self._state is not None and self._state.get("lost"))
+
+    @property
+    def max_score(self) -> float:
+        return _as_float(self._state.get("max_score") if self._state is not None else None, 1.0)
+
+    @property
+    def moves(self) -> float:
+        return _as_float(self._state.get("moves") if self._state is not None else None, float(len(self._commands)))
+
+    def expert_command(self) -> str | None:
+        """The expert's next command: the re-planned ``policy_commands[0]``, else the walkthrough's
+        next command while the agent has followed the walkthrough exactly; ``None`` when unknown."""
+        plan = self._state.get("policy_commands") if self._state is not None else None
+        if plan:
+            return str(plan[0])
+        n = len(self._commands)
+        if self.walkthrough[:n] == self._commands and n < len(self.walkthrough):
+            return self.walkthrough[n]
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        max_score = self.max_score
+        return {
+            "score": self.score,
+            "max_score": max_score,
+            "normalized_score": self.score / max_score if max_score > 0 else 0.0,
+            "won": float(self.won),
+            "lost": float(self.lost),
+            "moves": self.moves,
+            "steps": float(self.step_count),
+        }
+
+    def render(self, feedback: str | None = None) -> str:
+        s = self.settings
+        inventory = self._state.get("inventory") if self._inventory_infos and self._state is not None else None
+        view = StateView(
+            objective=self.objective,
+            observation=self.observation,
+            history=tuple(self.history[-(s.history_window + 1) : -1]) if s.history_window > 0 else (),
+            admissible=self.admissible if s.show_admissible else None,
+            inventory=clean_feedback(inventory) if isinstance(inventory, str) else None,
+            step=self.step_count,
+            max_steps=s.max_steps,
+            feedback=feedback,
+        )
+        return render_state(view, budget_chars=s.budget_chars, history_result_chars=s.history_result_chars, tools=self.tools)
+
+    # -- step ---------------------------------------------------------------------------------------
+    def step(self, action: str) -> StepResult:
+        """Apply one response (see the module docstring for the rules)."""
+        if self._state is None:
+            raise RuntimeError("step() was called before reset(): call reset() first.")
+        if self.done:
+            raise RuntimeError("the episode has ended: call reset() to start a new one.")
+        s = self.settings
+        self.step_count += 1
+        choice = read_command(action, self.tools, s.max_command_chars)
+        reward, feedback, valid = 0.0, None, True
+        if choice.command is None:
+            # not sent: the game state, the observation and the history stay as they were
+            valid, feedback = False, f"Invalid action: {choice.error}. The game did not receive it."
+        else:
+            command = choice.command
+            admissible = self.admissible
+            if admissible is not None and command not in {normalize(c) for c in admissible}:
+                valid = False
+                feedback = f"{command!r} is not one of the admissible commands; the game received it anyway."
+            self._state, score, _ = self._engine.step(command)
+            self._commands.append(command)
+            new_score = _as_float(score, _as_float(self._state.get("score"), self.score))
+            reward = new_score - self.score
+            self.score = new_score
+            text = clean_feedback(str(self._state.get("feedback") or ""))
+            self.history.append(HistoryEntry(command, text))
+            self.observation = f"> {command}\n{text}"
+        if not valid:
+            reward -= s.invalid_penalty
+        terminated = self.won or self.lost
+        truncated = not terminated and self.step_count >= s.max_steps
+        self.done = terminated or truncated
+        return StepResult(self.render(feedback), float(reward), terminated, truncated, choice, valid, feedback)

@@ -1,0 +1,184 @@
+"""The trainer's one config object, with per-algorithm defaults, YAML files and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ALGOS", "ALGO_DEFAULTS", "Algo", "TrainConfig", "load_config"]
+
+Algo = Literal["steppo", "ppo", "grpo", "rloo", "reinforce_pp", "gspo", "gigpo", "sft"]
+ALGOS: tuple[str, ...] = ("steppo", "ppo", "grpo", "rloo", "reinforce_pp", "gspo", "gigpo", "sft")
+
+# The paper's defaults (actor lr 1e-6, critic lr 1e-5, lam 1.0, clip 0.2) and each baseline's usual gamma.
+ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "steppo": {"gamma": 0.99, "lam": 1.0},
+    "ppo": {"gamma": 1.0, "lam": 1.0},
+    "grpo": {"gamma": 1.0},
+    "rloo": {"gamma": 1.0},
+    "reinforce_pp": {"gamma": 0.99},
+    "gspo": {"gamma": 1.0, "clip_low": 3e-4, "clip_high": 4e-4},
+    "gigpo": {"gamma": 0.95},
+    "sft": {"actor_lr": 1e-5, "ppo_epochs": 1},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Build with :func:`load_config` to get per-algorithm defaults."""
+
+    # -- what to train -----------------------------------------------------------------------------
+    algo: Algo = "steppo"
+    """Algorithm: steppo, ppo, grpo, rloo, reinforce_pp, gspo, gigpo or sft."""
+    model: str = "smollm2-135m"
+    """Actor checkpoint: 'smollm2-135m' (the bundled default), an HF model id or a local folder."""
+    critic_model: str | None = None
+    """Critic checkpoint (steppo/ppo); defaults to ``model``."""
+    env_id: str = "steppo/TextWorld-v0"
+    """Environment for on-policy rollouts."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options passed to ``gymnasium.make``."""
+    from_trajectories: list[str] = field(default_factory=list)
+    """Train offline from these JSONL trajectory files instead of collecting rollouts."""
+
+    # -- rollout -----------------------------------------------------------------------------------
+    backend: Literal["vllm", "hf", "openai"] = "vllm"
+    """Rollout policy backend."""
+    base_urls: list[str] = field(default_factory=list)
+    """OpenAI-compatible servers for backend='openai' (several = scale-out)."""
+    tasks_per_iteration: int = 8
+    """Distinct tasks (reset seeds) per iteration."""
+    group_size: int = 4
+    """Samples per task (>1 for grpo/rloo/gigpo)."""
+    temperature: float = 1.0
+    """Rollout sampling temperature."""
+    top_p: float = 1.0
+    """Rollout nucleus mass."""
+    max_tokens: int = 64
+    """Maximum response tokens per step."""
+    max_model_len: int = 2048
+    """Prompt + response token limit of the rollout engine."""
+    env_workers: int = 0
+    """Worker processes for env steps (0 = in-process)."""
+
+    # -- optimisation ------------------------------------------------------------------------------
+    iterations: int = 10
+    """Rollout + update iterations."""
+    ppo_epochs: int = 1
+    """Passes over each batch (K)."""
+    minibatch_size: int = 32
+    """Step rows per optimizer step."""
+    token_budget: int = 4096
+    """Padded tokens per micro-batch (gradient accumulation packs rows up to this)."""
+    actor_lr: float = 1e-6
+    """Actor learning rate."""
+    critic_lr: float = 1e-5
+    """Critic learning rate."""
+    gamma: float = 0.99
+    """Discount (per step for steppo/gigpo/reinforce_pp, per token for ppo)."""
+    lam: float = 1.0
+    """GAE lambda."""
+    clip_low: float = 0.2
+    """Lower clip: ratio >= 1 - clip_low."""
+    clip_high: float = 0.2
+    """Upper clip: ratio <= 1 + clip_high."""
+    value_clip: float = 0.2
+    """Clip range of the value loss."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to the reference (initial) policy; 0 = no reference model."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Training dtype."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory."""
+    whiten_advantages: bool = True
+    """Whiten advantages over all step rows of the batch (StepPO does)."""
+    truncated_bootstrap: Literal["zero", "last_value"] = "zero"
+    """Value of the state after a truncated episode: 'zero' (the step limit is part of the task and the
+    observation shows the steps left, so nothing follows) or 'last_value' (Gymnasium's time-limit view)."""
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    seed: int = 0
+    """Seed for torch and the task seeds (iteration i uses seed + i * tasks_per_iteration)."""
+    output_dir: str = "runs/train"
+    """Where metrics.jsonl, plots and checkpoints go."""
+    save_every: int = 5
+    """Checkpoint every N iterations (and at the end); the newest two are kept."""
+    eval_every: int = 0
+    """Greedy evaluation every N iterations (0 = never)."""
+    eval_env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Env options for evaluation (e.g. the held-out pool)."""
+    eval_tasks: int = 16
+    """Tasks per evaluation."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs the `tensorboard` extra)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in output_dir."""
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.algo in ("steppo", "ppo")
+
+    def validate(self) -> TrainConfig:
+        """Cross-field checks; raise ``ValueError`` naming the fix."""
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algo {self.algo!r}: choose one of {', '.join(ALGOS)}.")
+        if self.algo in ("grpo", "rloo", "gigpo") and self.group_size < 2 and not self.from_trajectories:
+            raise ValueError(f"{self.algo} needs group_size >= 2 (samples per task): pass --group-size 4.")
+        if not 0 <= self.clip_low < 1 or self.clip_high <= 0:
+            raise ValueError("clip_low must be in [0, 1) and clip_high > 0: e.g. --set clip_low=0.2 clip_high=0.28.")
+        if self.minibatch_size < 1 or self.token_budget < 64:
+            raise ValueError("minibatch_size must be >= 1 and token_budget >= 64.")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
+            raise ValueError("gamma and lam must be in [0, 1].")
+        if self.max_tokens >= self.max_model_len:
+            raise ValueError("max_tokens must be smaller than max_model_len: raise --set max_model_len=... .")
+        if self.backend == "openai" and not self.base_urls:
+            raise ValueError("backend 'openai' needs at least one server: pass --base-url http://127.0.0.1:8000.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(raw: Any) -> Any:
+    """Parse a CLI/YAML value for field ``name`` (JSON first, so lists/dicts/numbers work)."""
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def load_config(algo: str = "steppo", *, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults for ``algo`` ← YAML file ← ``overrides`` (unknown keys are errors naming valid ones)."""
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}: choose one of {', '.join(ALGOS)}.")
+    values: dict[str, Any] = {"algo": algo, **ALGO_DEFAULTS[algo]}
+    if yaml_path is not None:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read config file {str(yaml_path)!r} ({exc}): pass a readable YAML mapping.") from exc
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {str(yaml_path)!r} must hold a mapping of field: value.")
+        if "algo" in loaded and loaded["algo"] != algo:
+            values.update(ALGO_DEFAULTS.get(str(loaded["algo"]), {}))
+        values.update(loaded)
+    values.update({k: _coerce(v) for k, v in (overrides or {}).items()})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {', '.join(unknown)}: valid options are {', '.join(sorted(names))}.")
+    return TrainConfig(**values).validate()

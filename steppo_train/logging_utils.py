@@ -1,0 +1,100 @@
+"""Metrics: one JSONL line per iteration with grouped names (charts/, rollout/, losses/, eval/, time/),
+optional TensorBoard, and a PNG learning-curve plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MetricsLogger", "plot_metrics", "read_metrics"]
+
+DEFAULT_PLOT_KEYS: tuple[str, ...] = (
+    "charts/success_rate",
+    "charts/return_mean",
+    "eval/success_rate",
+    "rollout/invalid_rate",
+    "losses/policy",
+    "losses/value",
+)
+
+
+class MetricsLogger:
+    """Append-and-flush JSONL metrics (``{"iteration": i, "charts/...": x, ...}``) and TensorBoard scalars."""
+
+    def __init__(self, path: str | Path, *, tensorboard: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:  # pragma: no cover - optional extra
+                raise ImportError("TensorBoard logging needs pip install 'steppo[tensorboard]'.") from exc
+            self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+
+    def log(self, iteration: int, metrics: dict[str, float]) -> None:
+        row = {"iteration": iteration, **{k: float(v) for k, v in sorted(metrics.items())}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, float(v), iteration)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Read a metrics JSONL file (a torn last line from a killed run is skipped)."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def plot_metrics(
+    runs: dict[str, str | Path], out_png: str | Path, keys: Sequence[str] = DEFAULT_PLOT_KEYS, *, title: str = ""
+) -> Path:
+    """Plot ``keys`` against iteration for one or more runs (``{label: metrics.jsonl}``) into a PNG grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = {label: read_metrics(p) for label, p in runs.items()}
+    present = [k for k in keys if any(k in row for rows in data.values() for row in rows)]
+    if not present:
+        raise ValueError(f"none of {list(keys)} appear in the metrics files: pass keys= that the runs logged.")
+    cols = min(3, len(present))
+    nrows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, present, strict=False):
+        for label, rows in data.items():
+            pts = [(r["iteration"], r[key]) for r in rows if key in r]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, markersize=3, label=label)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(present) :]:
+        ax.axis("off")
+    if len(data) > 1:
+        axes.flat[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

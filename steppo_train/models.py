@@ -1,0 +1,335 @@
+"""Actor and critic models, micro-batch packing and memory-frugal log-probabilities.
+
+* The **actor** is a Hugging Face causal LM (:func:`load_actor`).
+* The **critic** (:class:`Critic`, :func:`load_critic`) is a separate copy of the same checkpoint's
+  base transformer (no LM head) with a scalar value head ``nn.Linear(hidden, 1)``.
+* :func:`response_logprobs` computes the log-probability of each response token given the prompt
+  and the earlier response tokens. It never builds full-vocabulary logits for prompt positions:
+  it runs the base transformer, keeps the hidden states of the positions that predict response
+  tokens, and applies the LM head + ``log_softmax`` to those in chunks (each chunk recomputed in
+  the backward pass when gradients are on, so at most one ``[chunk, vocab]`` block is alive).
+* Batches are **right-padded** with an attention mask: real tokens sit at positions ``0 .. n-1``
+  and padding only follows them, so a sample's results do not depend on what it is batched with.
+
+Position convention: the token at position ``p`` is predicted by the hidden state at ``p - 1``.
+For a prompt of length ``P`` and response token ``j``, the "state" in which token ``j`` is chosen
+is position ``P - 1 + j``; :func:`values_at_action_tokens` reads the critic there, and
+:func:`values_at_last_prompt_token` (StepPO's per-step value) reads it at ``P - 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "Critic",
+    "ModelConfig",
+    "TokenStats",
+    "load_actor",
+    "load_critic",
+    "pack_microbatches",
+    "response_logprobs",
+    "response_token_stats",
+    "values_at_action_tokens",
+    "values_at_last_prompt_token",
+]
+
+Dtype = Literal["fp32", "bf16", "float32", "bfloat16"]
+_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How to load the actor or the critic.
+
+    Attributes:
+        path: a local HF model folder or hub id (e.g. ``steppo_agent.default_model.resolve_model(name)``).
+        dtype: parameter dtype, ``"fp32"`` or ``"bf16"`` (``"float32"`` / ``"bfloat16"`` are
+            accepted too); the critic's value head stays fp32.
+        gradient_checkpointing: recompute layer activations in the backward pass (less memory,
+            ~10-20% slower); active only while the model is in ``train()`` mode.
+        value_head_init_std: std of the normal init of the critic's value-head weight (bias 0);
+            small so initial values are near 0, but non-zero so gradients reach the backbone.
+    """
+
+    path: str
+    dtype: Dtype = "fp32"
+    gradient_checkpointing: bool = False
+    value_head_init_std: float = 1e-2
+
+
+def _torch_dtype(dtype: Dtype) -> torch.dtype:
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be 'fp32' or 'bf16' (or 'float32' / 'bfloat16'), not {dtype!r}.")
+    return _DTYPES[dtype]
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "use_cache"):
+        config.use_cache = False
+
+
+def load_actor(config: ModelConfig) -> nn.Module:
+    """Load the actor: ``AutoModelForCausalLM.from_pretrained(config.path, dtype=...)``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(config.path, dtype=_torch_dtype(config.dtype))
+    if config.gradient_checkpointing:
+        _enable_checkpointing(model)
+    return model
+
+
+class Critic(nn.Module):
+    """A base transformer (no LM head) with a scalar value head on every position's hidden state.
+
+    The head is ``nn.Linear(hidden, 1)`` in fp32 (hidden states are cast to fp32 before it), its
+    weight ``N(0, init_std^2)`` and bias 0.
+    """
+
+    def __init__(self, backbone: nn.Module, hidden_size: int, init_std: float = 1e-2) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = nn.Linear(hidden_size, 1, dtype=torch.float32)
+        nn.init.normal_(self.value_head.weight, std=init_std)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Values ``[batch, seq]`` for every position (padding positions hold meaningless values)."""
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        return self.value_head(hidden.float()).squeeze(-1)
+
+
+def load_critic(config: ModelConfig) -> Critic:
+    """Load the critic: ``AutoModel.from_pretrained(config.path)`` (the base transformer) + a value head."""
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(config.path, dtype=_torch_dtype(config.dtype))
+    if config.gradient_checkpointing:
+        _enable_checkpointing(backbone)
+    return Critic(backbone, int(backbone.config.hidden_size), config.value_head_init_std)
+
+
+def pack_microbatches(
+    samples: Sequence[tuple[Sequence[int], Sequence[int]]], token_budget: int
+) -> list[list[int]]:
+    """Group ``(prompt_ids, response_ids)`` samples into micro-batches that fit ``token_budget``.
+
+    The padded token count of a micro-batch is ``len(batch) * max(len(prompt) + len(response))``.
+    Samples are taken longest first (ties in input order) and greedily appended to the current
+    micro-batch while the padded count stays ``<= token_budget``; a sample longer than the budget
+    on its own gets a micro-batch of its own (the only case that exceeds the budget).
+
+    Returns:
+        Lists of sample indices (into ``samples``); every index appears exactly once.
+    """
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1, got {token_budget}.")
+    lengths = [len(p) + len(r) for p, r in samples]
+    order = sorted(range(len(samples)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        if current and (len(current) + 1) * max(longest, lengths[i]) > token_budget:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, lengths[i])
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _right_pad(
+    prompt_ids_list: Sequence[Sequence[int]],
+    response_ids_list: Sequence[Sequence[int]],
+    device: torch.device,
+    pad_id: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """``(input_ids, attention_mask)`` of ``prompt + response`` sequences, right-padded."""
+    if len(prompt_ids_list) != len(response_ids_list):
+        raise ValueError("prompt_ids_list and response_ids_list must have the same length.")
+    seqs = [list(p) + list(r) for p, r in zip(prompt_ids_list, response_ids_list, strict=True)]
+    if any(len(p) == 0 for p in prompt_ids_list):
+        raise ValueError(
+            "every prompt needs at least one token (the first response token is predicted from it)."
+        )
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long, device=device)
+        attn[i, : len(s)] = 1
+    return ids, attn
+
+
+def _predicting_positions(
+    prompt_ids_list: Sequence[Sequence[int]],
+    response_ids_list: Sequence[Sequence[int]],
+    width: int,
+    device: torch.device,
+) -> Tensor:
+    """Bool ``[batch, width]``: true at the positions whose hidden state predicts a response token."""
+    sel = torch.zeros((len(prompt_ids_list), width), dtype=torch.bool, device=device)
+    for i, (p, r) in enumerate(zip(prompt_ids_list, response_ids_list, strict=True)):
+        sel[i, len(p) - 1 : len(p) - 1 + len(r)] = True
+    return sel
+
+
+def _param_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Per-response token statistics: ``logprobs[i]`` / ``entropies[i]`` have ``len(response_i)`` entries."""
+
+    logprobs: list[Tensor]
+    entropies: list[Tensor] | None
+
+
+def _head_chunk(
+    hidden: Tensor,
+    targets: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    temperature: float,
+    softcap: float | None,
+    with_entropy: bool,
+) -> tuple[Tensor, Tensor]:
+    logits = nn.functional.linear(hidden, weight, bias).float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    if with_entropy:
+        probs = logp_all.exp()
+        entropy = -torch.where(probs > 0, probs * logp_all, torch.zeros_like(logp_all)).sum(-1)
+    else:
+        entropy = logp.new_zeros(logp.shape)
+    return logp, entropy
+
+
+def response_token_stats(
+    model: nn.Module,
+    prompt_ids_list: Sequence[Sequence[int]],
+    response_ids_list: Sequence[Sequence[int]],
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    with_entropy: bool = False,
+) -> TokenStats:
+    """Log-probabilities (and optionally entropies) of each response token under a causal LM.
+
+    ``logprobs[i][j] = log softmax(head(h[P_i - 1 + j]) / temperature)[response_i[j]]`` where ``h``
+    are the base transformer's final hidden states over the right-padded ``prompt_i + response_i``.
+    Only the ``sum_i len(response_i)`` predicting positions go through the LM head, ``chunk_size``
+    rows at a time; with gradients on, each chunk is checkpointed (its logits are recomputed in
+    the backward pass). ``temperature`` must match the sampler's if its logprobs were taken after
+    temperature scaling. Gemma-style ``final_logit_softcapping`` in the config is applied. The
+    head matmul runs in the model's dtype; softcap, temperature and ``log_softmax`` in fp32.
+
+    The model must expose ``get_decoder()`` (the base transformer, final norm included) and
+    ``get_output_embeddings()`` (the LM head), as HF causal LMs do.
+    """
+    device = _param_device(model)
+    ids, attn = _right_pad(prompt_ids_list, response_ids_list, device)
+    counts = [len(r) for r in response_ids_list]
+    total = sum(counts)
+    if total == 0:
+        empty = [torch.zeros(0, device=device) for _ in counts]
+        return TokenStats(empty, [e.clone() for e in empty] if with_entropy else None)
+    decoder = model.get_decoder()  # type: ignore[operator]
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+    sel = _predicting_positions(prompt_ids_list, response_ids_list, ids.shape[1], device)
+    h = hidden[sel]  # [total, hidden], row-major: sample by sample, token by token
+    targets = torch.cat(
+        [torch.tensor(list(r), dtype=torch.long, device=device) for r in response_ids_list if len(r)]
+    )
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    logps: list[Tensor] = []
+    ents: list[Tensor] = []
+    for start in range(0, total, chunk_size):
+        args = (
+            h[start : start + chunk_size],
+            targets[start : start + chunk_size],
+            head.weight,
+            head.bias,
+            temperature,
+            softcap,
+            with_entropy,
+        )
+        if torch.is_grad_enabled() and h.requires_grad:
+            logp, ent = checkpoint(_head_chunk, *args, use_reentrant=False)
+        else:
+            logp, ent = _head_chunk(*args)
+        logps.append(logp)
+        ents.append(ent)
+    logp_flat = torch.cat(logps)
+    ent_flat = torch.cat(ents) if with_entropy else None
+    logprobs = list(torch.split(logp_flat, counts))
+    entropies = list(torch.split(ent_flat, counts)) if ent_flat is not None else None
+    return TokenStats(logprobs, entropies)
+
+
+def response_logprobs(
+    model: nn.Module,
+    prompt_ids_list: Sequence[Sequence[int]],
+    response_ids_list: Sequence[Sequence[int]],
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+) -> list[Tensor]:
+    """Log-probability of each response token (fp32), one 1-D tensor per sample.
+
+    See :func:`response_token_stats` (this is its ``logprobs`` without entropies).
+    """
+    stats = response_token_stats(
+        model, prompt_ids_list, response_ids_list, temperature=temperature, chunk_size=chunk_size
+    )
+    return stats.logprobs
+
+
+def values_at_last_prompt_token(critic: Critic, prompt_ids_list: Sequence[Sequence[int]]) -> Tensor:
+    """StepPO's step values: the critic's value at the last prompt token of each step, ``[N]`` fp32.
+
+    Only the prompts are run (the value of a state does not look at the response).
+    """
+    device = _param_device(critic)
+    ids, attn = _right_pad(prompt_ids_list, [[] for _ in prompt_ids_list], device)
+    values = critic(ids, attn)
+    last = torch.tensor([len(p) - 1 for p in prompt_ids_list], dtype=torch.long, device=device)
+    return values[torch.arange(len(prompt_ids_list), device=device), last]
+
+
+def values_at_action_tokens(
+    critic: Critic, prompt_ids_list: Sequence[Sequence[int]], response_ids_list: Sequence[Sequence[int]]
+) -> list[Tensor]:
+    """Token-PPO values: for response token ``j`` the critic's value at position ``P - 1 + j``.
+
+    That is the state in which token ``j`` is chosen (the last prompt token for ``j = 0``, so the
+    first entry equals :func:`values_at_last_prompt_token`). One 1-D fp32 tensor per sample.
+    """
+    device = _param_device(critic)
+    ids, attn = _right_pad(prompt_ids_list, response_ids_list, device)
+    values = critic(ids, attn)
+    sel = _predicting_positions(prompt_ids_list, response_ids_list, ids.shape[1], device)
+    return list(torch.split(values[sel], [len(r) for r in response_ids_list]))

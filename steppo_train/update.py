@@ -1,0 +1,165 @@
+"""One optimisation pass: minibatches of training units, packed into micro-batches by token budget.
+
+A *unit* is what a policy-loss row is: one step for every algorithm except GSPO, whose unit is a whole
+trajectory (all its steps, so the sequence ratio sees all its action tokens at once). Gradients of
+micro-batches are accumulated with weights that make the minibatch loss exactly the loss of the
+whole minibatch (row-mean losses weigh by rows, token-mean losses by tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from steppo_train import losses as L
+from steppo_train.batch import StepBatch
+from steppo_train.config import TrainConfig
+from steppo_train.models import response_token_stats, values_at_action_tokens, values_at_last_prompt_token
+from steppo_train.targets import RowTargets
+
+__all__ = ["IterationData", "actor_loss", "critic_loss", "make_units", "pack_units", "pad_rows"]
+
+TOKEN_LEVEL = ("ppo", "grpo", "rloo", "reinforce_pp", "gigpo")
+
+
+@dataclass
+class IterationData:
+    """What stays fixed during the epochs of one iteration."""
+
+    batch: StepBatch
+    old_logprobs: list[Tensor]
+    targets: RowTargets
+    ref_logprobs: list[Tensor] | None = None
+    units: list[list[int]] = field(default_factory=list)
+
+
+def make_units(config: TrainConfig, batch: StepBatch) -> list[list[int]]:
+    """Rows grouped into loss units: one row each, or (GSPO) all rows of a trajectory in step order."""
+    if config.algo != "gspo":
+        return [[r] for r in range(batch.num_rows)]
+    by_traj: dict[int, list[int]] = {}
+    for r in range(batch.num_rows):
+        by_traj.setdefault(int(batch.traj_index[r]), []).append(r)
+    return [sorted(rows, key=lambda r: int(batch.step_index[r])) for _, rows in sorted(by_traj.items())]
+
+
+def pack_units(units: Sequence[Sequence[int]], batch: StepBatch, token_budget: int) -> list[list[int]]:
+    """Greedy packing of unit indices so each micro-batch's padded size (rows x longest row) fits
+    ``token_budget``; a unit larger than the budget on its own gets its own micro-batch."""
+    def row_len(r: int) -> int:
+        return len(batch.prompt_ids[r]) + len(batch.response_ids[r])
+
+    order = sorted(range(len(units)), key=lambda u: -max(row_len(r) for r in units[u]))
+    packs: list[list[int]] = []
+    current: list[int] = []
+    rows, longest = 0, 0
+    for u in order:
+        n, m = len(units[u]), max(row_len(r) for r in units[u])
+        if current and (rows + n) * max(longest, m) > token_budget:
+            packs.append(current)
+            current, rows, longest = [], 0, 0
+        current.append(u)
+        rows, longest = rows + n, max(longest, m)
+    if current:
+        packs.append(current)
+    return packs
+
+
+def pad_rows(rows: Sequence[Tensor], width: int | None = None) -> tuple[Tensor, Tensor]:
+    """Right-pad 1-D tensors into ``[R, W]`` plus a bool mask."""
+    W = max([width or 0] + [int(t.numel()) for t in rows] + [1])
+    out = torch.zeros(len(rows), W, dtype=rows[0].dtype if rows else torch.float32)
+    mask = torch.zeros(len(rows), W, dtype=torch.bool)
+    for i, t in enumerate(rows):
+        out[i, : t.numel()] = t
+        mask[i, : t.numel()] = True
+    return out, mask
+
+
+def actor_loss(
+    config: TrainConfig,
+    actor: nn.Module,
+    data: IterationData,
+    unit_ids: Sequence[int],
+    minibatch_units: int,
+    minibatch_tokens: int,
+) -> tuple[Tensor, dict[str, float]]:
+    """The actor's weighted loss on one micro-batch (call ``.backward()`` on it)."""
+    b = data.batch
+    rows = [r for u in unit_ids for r in data.units[u]]
+    want_entropy = config.entropy_coef > 0
+    stats = response_token_stats(
+        actor, [b.prompt_ids[r] for r in rows], [b.response_ids[r] for r in rows], with_entropy=want_entropy
+    )
+    pos = {r: i for i, r in enumerate(rows)}
+    new = stats.logprobs
+    n_tokens = sum(int(t.numel()) for t in new)
+    token_weight = n_tokens / max(1, minibatch_tokens)
+    unit_weight = len(unit_ids) / max(1, minibatch_units)
+    logged: dict[str, float] = {}
+
+    if config.algo == "gspo":  # one row per trajectory: concatenate its steps' tokens
+        lp_new, mask = pad_rows([torch.cat([new[pos[r]] for r in data.units[u]]) for u in unit_ids])
+        lp_old, _ = pad_rows([torch.cat([data.old_logprobs[r] for r in data.units[u]]) for u in unit_ids])
+        adv = torch.stack([data.targets.step_advantages[data.units[u][0]] for u in unit_ids])  # type: ignore[index]
+        pg, st = L.gspo_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
+        loss = pg * unit_weight
+    else:
+        lp_new, mask = pad_rows(new)
+        lp_old, _ = pad_rows([data.old_logprobs[r] for r in rows], lp_new.shape[1])
+        if config.algo == "sft":
+            pg = -L.masked_mean(lp_new, mask)
+            st = None
+            loss = pg * token_weight
+        elif config.algo == "steppo":
+            adv = data.targets.step_advantages[torch.tensor(rows)]  # type: ignore[index]
+            pg, st = L.steppo_policy_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
+            loss = pg * unit_weight
+        else:
+            adv_tok, _ = pad_rows([data.targets.token_advantages[r] for r in rows], lp_new.shape[1])
+            pg, st = L.ppo_token_loss(lp_new, lp_old, adv_tok, mask, config.clip_low, config.clip_high)
+            loss = pg * token_weight
+    logged["losses/policy"] = float(pg.detach()) * (unit_weight if config.algo in ("steppo", "gspo") else token_weight)
+    if st is not None:
+        logged["losses/clip_fraction"] = st.clip_fraction * token_weight
+        logged["losses/approx_kl"] = st.approx_kl * token_weight
+    if config.kl_coef > 0 and data.ref_logprobs is not None:
+        lp_flat, m_flat = pad_rows(new)
+        ref, _ = pad_rows([data.ref_logprobs[r] for r in rows], lp_flat.shape[1])
+        kl = L.kl_penalty(lp_flat, ref, m_flat)
+        loss = loss + config.kl_coef * kl * token_weight
+        logged["losses/kl_ref"] = float(kl.detach()) * token_weight
+    if want_entropy and stats.entropies is not None:
+        ent, m = pad_rows(stats.entropies)
+        entropy = L.masked_mean(ent, m)
+        loss = loss - config.entropy_coef * entropy * token_weight
+        logged["losses/entropy"] = float(entropy.detach()) * token_weight
+    return loss, logged
+
+
+def critic_loss(
+    config: TrainConfig,
+    critic: nn.Module,
+    data: IterationData,
+    rows: Sequence[int],
+    minibatch_rows: int,
+    minibatch_tokens: int,
+) -> tuple[Tensor, dict[str, float]]:
+    """The critic's weighted clipped value loss on one micro-batch of rows."""
+    b, t = data.batch, data.targets
+    if config.algo == "steppo":
+        v = values_at_last_prompt_token(critic, [b.prompt_ids[r] for r in rows])  # type: ignore[arg-type]
+        idx = torch.tensor(list(rows))
+        loss, st = L.value_loss(v, t.old_values[idx], t.returns[idx], torch.ones_like(v, dtype=torch.bool), config.value_clip)  # type: ignore[index]
+        weight = len(rows) / max(1, minibatch_rows)
+    else:
+        vs = values_at_action_tokens(critic, [b.prompt_ids[r] for r in rows], [b.response_ids[r] for r in rows])  # type: ignore[arg-type]
+        v, mask = pad_rows(vs)
+        old, _ = pad_rows([t.old_values[r] for r in rows], v.shape[1])  # type: ignore[index]
+        ret, _ = pad_rows([t.returns[r] for r in rows], v.shape[1])  # type: ignore[index]
+        loss, st = L.value_loss(v, old, ret, mask, config.value_clip)
+        weight = int(mask.sum()) / max(1, minibatch_tokens)
+    return loss * weight, {"losses/value": float(loss.detach()) * weight, "losses/value_clip_fraction": st.clip_fraction * weight}

@@ -1,0 +1,265 @@
+"""Policy backends on real engines with the default model: token exactness, logprobs, seeds, errors.
+
+Every backend's logprobs are compared with a transformers forward pass over prompt + response
+(fp32, same weights): measured gaps are ~1e-5; the asserted tolerance is 1e-3 (max abs).
+Run with ``-s`` to see the measured mean / max gaps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from steppo_agent.policies import PolicyConfig, make_policy, resolve_seeds
+from steppo_agent.records import SamplingConfig
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+TOLERANCE = 1e-3  # fp32 max abs logprob gap vs a transformers forward pass
+
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch and transformers")
+BACKENDS = [
+    pytest.param("vllm_policy", marks=[pytest.mark.vllm, pytest.mark.slow,
+                                       pytest.mark.skipif(not HAS_VLLM, reason="needs vllm")]),
+    pytest.param("openai_policy", marks=[pytest.mark.vllm, pytest.mark.slow,
+                                         pytest.mark.skipif(not HAS_VLLM, reason="needs vllm")]),
+    pytest.param("hf_policy", marks=[pytest.mark.slow, needs_torch]),
+]
+OBSERVATIONS = ["You are in a kitchen. There is a fridge. What do you do?", "Question: what is 2 + 3?"]
+
+
+def _prompts(tokenizer: Any) -> list[list[int]]:
+    from steppo_agent.prompting import render_prompt_ids
+
+    return [render_prompt_ids(tokenizer, "You are a helpful agent. Answer briefly.", o, None) for o in OBSERVATIONS]
+
+
+def reference_logprobs(model: Any, prompt: list[int], response: list[int]) -> list[float]:
+    """Logprobs of ``response`` under ``model`` (one transformers forward pass, fp32)."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1].float()
+        return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0].tolist()
+
+
+def _gaps(model: Any, prompts: list[list[int]], generations: list[Any]) -> tuple[float, float]:
+    gaps: list[float] = []
+    for prompt, gen in zip(prompts, generations, strict=True):
+        ref = reference_logprobs(model, prompt, gen.token_ids)
+        gaps += [abs(a - b) for a, b in zip(ref, gen.logprobs, strict=True)]
+    return sum(gaps) / len(gaps), max(gaps)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def test_resolve_seeds() -> None:
+    assert resolve_seeds(3, SamplingConfig(seed=10)) == [10, 11, 12]
+    assert resolve_seeds(2, SamplingConfig()) == [None, None]
+    assert resolve_seeds(2, SamplingConfig(seed=1), [7, None]) == [7, None]
+    with pytest.raises(ValueError, match="one seed"):
+        resolve_seeds(2, SamplingConfig(), [1])
+
+
+def test_unknown_backend_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="'vllm', 'openai' or 'hf'"):
+        make_policy(PolicyConfig(backend="nope"))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- every backend
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generations_are_token_exact(backend: str, request: pytest.FixtureRequest, hf_policy: Any) -> None:
+    policy = request.getfixturevalue(backend)
+    tok = policy.tokenizer
+    prompts = _prompts(tok)
+    for sampling in (SamplingConfig(temperature=0.0, max_tokens=24), SamplingConfig(temperature=1.0, max_tokens=24, seed=5)):
+        gens = policy.generate(prompts, sampling)
+        assert len(gens) == len(prompts)
+        for gen in gens:
+            assert gen.finish_reason in ("stop", "length")
+            assert 0 < len(gen.token_ids) == len(gen.logprobs) <= 24
+            assert gen.text == tok.decode(gen.token_ids, skip_special_tokens=True)
+            assert all(lp <= 1e-6 for lp in gen.logprobs)
+            if gen.finish_reason == "stop":
+                assert gen.token_ids[-1] == tok.eos_token_id
+        mean, worst = _gaps(hf_policy.hf_model, prompts, gens)
+        print(f"\n{policy.backend} T={sampling.temperature}: logprob gap vs transformers mean {mean:.2e} max {worst:.2e}")
+        assert worst < TOLERANCE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_is_reproducible_and_seeds_are_per_prompt(backend: str, request: pytest.FixtureRequest) -> None:
+    policy = request.getfixturevalue(backend)
+    prompts = _prompts(policy.tokenizer)
+    greedy = SamplingConfig(temperature=0.0, max_tokens=16)
+    assert policy.generate(prompts, greedy) == policy.generate(prompts, greedy)
+
+    same = [prompts[0]] * 3
+    sampled = policy.generate(same, SamplingConfig(temperature=1.0, max_tokens=16), seeds=[11, 12, 11])
+    assert sampled[0].token_ids == sampled[2].token_ids  # same seed -> same sample
+    assert sampled[0].token_ids != sampled[1].token_ids  # other seed -> other sample
+    by_base = policy.generate(same, SamplingConfig(temperature=1.0, max_tokens=16, seed=11))
+    assert by_base[0].token_ids == sampled[0].token_ids and by_base[1].token_ids == sampled[1].token_ids
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stop_strings_and_over_long_prompts(backend: str, request: pytest.FixtureRequest) -> None:
+    policy = request.getfixturevalue(backend)
+    tok = policy.tokenizer
+    prompt = _prompts(tok)[1]
+    free = policy.generate([prompt], SamplingConfig(temperature=0.0, max_tokens=24))[0]
+    assert " " in free.text
+    stop = free.text.split(" ")[1][:2]  # a piece of the greedy answer
+    gens = policy.generate([prompt, [1] * policy.max_model_len], SamplingConfig(temperature=0.0, max_tokens=24, stop=[stop]))
+    assert gens[0].finish_reason == "stop" and stop in gens[0].text
+    assert gens[0].text == tok.decode(gens[0].token_ids, skip_special_tokens=True)
+    assert gens[0].token_ids == free.token_ids[: len(gens[0].token_ids)]
+    assert gens[1].finish_reason == "error" and gens[1].token_ids == []
+
+
+# ----------------------------------------------------------------------------- weight push
+
+
+def _perturbed_state(model: Any, scale: float = 0.02) -> dict[str, Any]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return {k: v + torch.randn(v.shape, generator=gen) * scale * v.float().std() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vllm")
+def test_vllm_weight_push_matches_transformers(vllm_policy: Any, hf_policy: Any) -> None:
+    import copy
+
+    prompts = _prompts(vllm_policy.tokenizer)
+    greedy = SamplingConfig(temperature=0.0, max_tokens=16)
+    before = vllm_policy.generate(prompts, greedy)
+    original = {k: v.clone() for k, v in hf_policy.hf_model.state_dict().items()}
+    perturbed_model = copy.deepcopy(hf_policy.hf_model)
+    perturbed_model.load_state_dict(_perturbed_state(hf_policy.hf_model))
+    version = vllm_policy.version
+    try:
+        assert vllm_policy.load_weights(perturbed_model.state_dict()) == version + 1
+        print(f"\nvllm weight push: {vllm_policy.last_push_seconds:.2f} s")
+        after = vllm_policy.generate(prompts, greedy)
+        old = [reference_logprobs(hf_policy.hf_model, p, g.token_ids) for p, g in zip(prompts, after, strict=True)]
+        assert max(abs(a - b) for o, g in zip(old, after, strict=True) for a, b in zip(o, g.logprobs, strict=True)) > 1e-2
+        mean, worst = _gaps(perturbed_model, prompts, after)
+        print(f"vllm after push: gap vs perturbed transformers mean {mean:.2e} max {worst:.2e}")
+        assert worst < TOLERANCE
+    finally:
+        vllm_policy.load_weights(original)
+    restored = vllm_policy.generate(prompts, greedy)
+    assert [g.token_ids for g in restored] == [g.token_ids for g in before]
+    assert _gaps(hf_policy.hf_model, prompts, restored)[1] < TOLERANCE
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vllm")
+def test_server_weight_push_matches_transformers(openai_policy: Any, hf_policy: Any) -> None:
+    import copy
+
+    from steppo_agent.policies.weight_sync import write_weights
+
+    prompts = _prompts(openai_policy.tokenizer)
+    greedy = SamplingConfig(temperature=0.0, max_tokens=16)
+    perturbed_model = copy.deepcopy(hf_policy.hf_model)
+    perturbed_model.load_state_dict(_perturbed_state(hf_policy.hf_model))
+    pushed = write_weights(perturbed_model.state_dict())
+    original = write_weights(hf_policy.hf_model.state_dict())
+    try:
+        openai_policy.load_weights_from_path(str(pushed))
+        mean, worst = _gaps(perturbed_model, prompts, openai_policy.generate(prompts, greedy))
+        print(f"\nserver after push: gap vs perturbed transformers mean {mean:.2e} max {worst:.2e}")
+        assert worst < TOLERANCE
+    finally:
+        openai_policy.load_weights_from_path(str(original))
+        pushed.unlink()
+        original.unlink()
+    assert _gaps(hf_policy.hf_model, prompts, openai_policy.generate(prompts, greedy))[1] < TOLERANCE
+
+
+# ----------------------------------------------------------------------------- HTTP failure modes
+
+
+@needs_torch
+def test_unreachable_server_is_a_clear_error(default_model_dir: str) -> None:
+    from steppo_agent.policies.openai_policy import OpenAIPolicy, PolicyServerError
+    from steppo_agent.policies.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    policy = OpenAIPolicy(base_urls=[url], max_retries=2, retry_backoff_s=0.01, timeout_s=5)
+    try:
+        with pytest.raises(PolicyServerError, match=r"127\.0\.0\.1.*after 3 attempts.*base_urls"):
+            policy.generate([[1, 2, 3]], SamplingConfig(max_tokens=4))
+    finally:
+        policy.close()
+
+
+class _FakeServer(BaseHTTPRequestHandler):
+    """Answers /v1/completions according to the prompt's first token (0: good, 1-4: malformed)."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        self._send(200, json.dumps({"data": [{"id": "fake-model"}]}).encode())
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server API
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        good = {"choices": [{"text": "", "finish_reason": "length",
+                             "logprobs": {"tokens": ["token_id:28", "token_id:29"], "token_logprobs": [-0.5, -1.5]}}]}
+        kind = request["prompt"][0]
+        bodies = {
+            0: json.dumps(good).encode(),
+            1: b"{not json",
+            2: json.dumps({"choices": [{"text": "hi", "finish_reason": "stop"}]}).encode(),
+            3: json.dumps({"choices": [{"finish_reason": "stop", "logprobs": {"tokens": ["token_id:5"], "token_logprobs": []}}]}).encode(),
+            4: json.dumps({"error": "prompt too long"}).encode(),
+        }
+        self._send(400 if kind == 4 else 200, bodies[kind])
+
+
+@pytest.fixture()
+def fake_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@needs_torch
+def test_malformed_answers_become_error_generations(default_model_dir: str, fake_server: str) -> None:
+    from steppo_agent.policies.openai_policy import OpenAIPolicy
+
+    policy = OpenAIPolicy(base_urls=[fake_server], max_retries=0)
+    try:
+        gens = policy.generate([[k, 9] for k in range(5)], SamplingConfig(max_tokens=2))
+    finally:
+        policy.close()
+    assert policy.served_model_name == "fake-model"
+    assert gens[0].token_ids == [28, 29] and gens[0].logprobs == [-0.5, -1.5] and gens[0].finish_reason == "length"
+    assert gens[0].text == policy.tokenizer.decode([28, 29], skip_special_tokens=True)
+    for gen in gens[1:]:
+        assert gen.finish_reason == "error" and gen.token_ids == [] and gen.logprobs == []
