@@ -7,7 +7,8 @@
 3. Ratio = engine tokens/s / raw tokens/s (goal >= 0.9).
 4. The hf (transformers) backend on the first ``--hf-tasks`` tasks, for comparison.
 
-Each measurement is repeated ``--repeats`` times; medians are printed. Timings on a shared 2-core
+The prefix cache is reset before each measurement (otherwise the second one replays cached
+prompts). Each measurement is repeated ``--repeats`` times; medians are printed. Timings on a shared 2-core
 CPU swing 2-3x: compare ratios from one run, never absolute numbers across machines.
 
     python benchmarks/bench_rollout.py --env steppo/MultiHopQA-v0 --tasks 8 --max-tokens 64
@@ -73,7 +74,9 @@ def main() -> int:
     _rollout(policy, env_id, env_kwargs, min(2, args.tasks), args.max_tokens)  # warm-up
     eng_tps, eng_sps, raw_tps, ratios = [], [], [], []
     for _ in range(args.repeats):
+        policy._llm.reset_prefix_cache()  # neither measurement may reuse the other's cached prompts
         stats, trajs = _rollout(policy, env_id, env_kwargs, args.tasks, args.max_tokens)
+        policy._llm.reset_prefix_cache()
         tokens, seconds = _raw(policy._llm, _rounds(trajs), args.max_tokens)
         eng_tps.append(stats.tokens_per_second)
         eng_sps.append(stats.steps_per_second)

@@ -189,6 +189,8 @@ def parse_action(
         return ParsedAction(kind="answer", answer=arg, reasoning=reasoning, format="compact")
     spec = next(t for t in tools if t.compact and t.compact.lower() == verb)
     argname = spec.compact_arg
+    if argname and not arg:
+        return _invalid(f"the text inside {spec.compact}[...] is empty", reasoning, "compact")
     arguments = {argname: arg} if argname else {}
     return _check_calls([ToolCall(spec.name, arguments)], by_name, max_tool_calls, reasoning, "compact")
 

@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,9 @@ from steppo_envs.paths import cache_dir
 __all__ = ["BM25Index", "Backend", "Passage", "SearchHit", "corpus_key", "tokenize"]
 
 Backend = Literal["bm25s", "rank_bm25"]
-TOKENIZER_VERSION = "1"
+TOKENIZER_VERSION = "2"
 
-_TOKEN_RE = re.compile(r"[a-z0-9]+")
+_TOKEN_RE = re.compile(r"[^\W_]+")
 # A short English stop-word list (articles, pronouns, auxiliaries, prepositions).
 _STOPWORDS = frozenset(
     """a an the and or but if of at by for with about against between into through during before after
@@ -50,8 +51,10 @@ _STOPWORDS = frozenset(
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case alphanumeric tokens without English stop words (the tokenizer both backends share)."""
-    return [t for t in _TOKEN_RE.findall(text.lower()) if t not in _STOPWORDS]
+    """Lower-case word tokens, accents folded (``Gábor`` -> ``gabor``), without English stop words
+    (the tokenizer both backends share)."""
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text.lower()) if not unicodedata.combining(c))
+    return [t for t in _TOKEN_RE.findall(folded) if t not in _STOPWORDS]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium
@@ -225,6 +226,17 @@ def test_searches_until_truncation_and_answer_on_last_step(env: MultiHopQAEnv) -
     assert terminated and not truncated
 
 
+def test_several_searches_in_one_step() -> None:
+    env = MultiHopQAEnv(max_tool_calls=2, top_k=2)
+    env.reset(options={"task_index": 0})
+    a, b = env.examples[0].supporting_titles
+    obs, _, _, _, info = env.step(search(a) + search(b))
+    assert info["valid"] and info["extra"]["queries"] == [a, b] and info["metrics"]["searches"] == 2.0
+    assert info["metrics"]["support_recall"] == 1.0 and f"Search[{a}]; Search[{b}]" in obs
+    _, _, _, _, info = env.step(search(a) + search(b) + search("x"))
+    assert not info["valid"] and "at most 2" in info["feedback"]
+
+
 def test_invalid_feedback_shows_hint(env: MultiHopQAEnv) -> None:
     env.reset(seed=0)
     obs, _, _, _, info = env.step('<tool_call>{"name": "lookup", "arguments": {}}</tool_call>')
@@ -261,15 +273,23 @@ def test_rank_bm25_backend_same_top_hit(env: MultiHopQAEnv) -> None:
 
 # -- robustness ----------------------------------------------------------------------------------
 
-_FUZZ: dict[str, object] = {}
+@dataclass
+class _FuzzState:
+    """One environment shared by all Hypothesis examples, and the steps taken in its episode."""
+
+    env: MultiHopQAEnv | None = None
+    steps: int = 0
+
+
+_FUZZ = _FuzzState()
 
 
 def _fuzz_env() -> MultiHopQAEnv:
-    if "env" not in _FUZZ:
-        fuzz = MultiHopQAEnv(dataset="eval")
-        fuzz.reset(seed=0)
-        _FUZZ.update(env=fuzz, steps=0)
-    return _FUZZ["env"]  # type: ignore[return-value]
+    if _FUZZ.env is None:
+        _FUZZ.env = MultiHopQAEnv(dataset="eval")
+        _FUZZ.env.reset(seed=0)
+        _FUZZ.steps = 0
+    return _FUZZ.env
 
 
 ACTIONS = st.one_of(
@@ -287,10 +307,10 @@ def test_arbitrary_strings_never_crash(action: str) -> None:
     env = _fuzz_env()
     assume(parse_action(action, env.tools).kind != "answer")
     obs, reward, terminated, truncated, info = env.step(action)
-    _FUZZ["steps"] = int(_FUZZ["steps"]) + 1  # type: ignore[call-overload]
-    assert isinstance(obs, str) and obs and reward in (0.0,) and not terminated
-    assert truncated == (_FUZZ["steps"] == env.config.max_steps)
+    _FUZZ.steps += 1
+    assert isinstance(obs, str) and obs and reward == 0.0 and not terminated
+    assert truncated == (_FUZZ.steps == env.config.max_steps)
     json.dumps(info)
     if truncated:
         env.reset()
-        _FUZZ["steps"] = 0
+        _FUZZ.steps = 0

@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 import steppo_envs
 from steppo_envs import DataDirError, check_step_env
 from steppo_envs.config import ConfigError
-from steppo_envs.paper_search.data import Paper, PaperTask, load_bench_queries, load_corpus, load_tasks, split_of
+from steppo_envs.paper_search.data import (
+    Paper,
+    PaperTask,
+    load_bench_queries,
+    load_corpus,
+    load_tasks,
+    split_of,
+)
 from steppo_envs.paper_search.env import PaperSearchEnv, parse_paper_ids
 from steppo_envs.paper_search.reward import GoldReward, JudgeReward, RewardFn, f1, selection_metrics
 
@@ -62,7 +69,13 @@ def test_selection_metrics_hand_cases() -> None:
     assert m["surfaced_recall"] == 1.0 and m["n_selected"] == 2.0
     assert selection_metrics(["a", "b"], {"a", "b"})["f1_all"] == 1.0
     empty = selection_metrics([], {"a"})
-    assert empty == {"recall_all": 0.0, "precision": 0.0, "f1_all": 0.0, "surfaced_recall": 0.0, "n_selected": 0.0}
+    assert empty == {
+        "recall_all": 0.0,
+        "precision": 0.0,
+        "f1_all": 0.0,
+        "surfaced_recall": 0.0,
+        "n_selected": 0.0,
+    }
     assert selection_metrics(["x", "y"], {"a"})["f1_all"] == 0.0
     assert f1(1.0, 0.5) == pytest.approx(2 / 3)
 
@@ -84,17 +97,43 @@ def test_split_is_deterministic_and_by_source() -> None:
 # -- env logic on a tiny data folder ------------------------------------------------------------------
 
 TINY_PAPERS = [
-    ("p-dqn", "A Theoretical Analysis of Deep Q-Learning", "We analyse deep q networks and target networks.", "2019"),
+    (
+        "p-dqn",
+        "A Theoretical Analysis of Deep Q-Learning",
+        "We analyse deep q networks and target networks.",
+        "2019",
+    ),
     ("p-dqn2", "Target Networks in Deep Q-Learning", "Why target networks stabilise q learning.", "2020"),
     ("p-future", "Deep Q-Learning Revisited", "Deep q learning in 2024 with target networks.", "2024"),
     ("p-gan", "Generative Adversarial Networks", "A generator and a discriminator play a game.", "2014"),
-    ("p-vae", "Auto-Encoding Variational Bayes", "A variational autoencoder with the reparameterisation trick.", "2014"),
+    (
+        "p-vae",
+        "Auto-Encoding Variational Bayes",
+        "A variational autoencoder with the reparameterisation trick.",
+        "2014",
+    ),
     ("p-bandit", "Causal Bandits", "Learning good interventions via causal inference in bandits.", "2016"),
-    ("p-ica", "Stochastic algorithms for ICA", "Independent component analysis with descent guarantees.", "2019"),
-    ("p-rl", "Policy Gradient Methods", "Policy gradient reinforcement learning with function approximation.", "2000"),
+    (
+        "p-ica",
+        "Stochastic algorithms for ICA",
+        "Independent component analysis with descent guarantees.",
+        "2019",
+    ),
+    (
+        "p-rl",
+        "Policy Gradient Methods",
+        "Policy gradient reinforcement learning with function approximation.",
+        "2000",
+    ),
 ]
 TINY_QUERIES = [  # (qid, source, query, date, gold ids)
-    ("AutoScholarQuery_test_0", "PASA_AutoScholar", "studies of target networks for deep Q-learning", "2019-01", ["p-dqn", "p-dqn2"]),
+    (
+        "AutoScholarQuery_test_0",
+        "PASA_AutoScholar",
+        "studies of target networks for deep Q-learning",
+        "2019-01",
+        ["p-dqn", "p-dqn2"],
+    ),
     ("LitSearch_1", "LitSearch", "causal inference for bandit interventions", "2020-05", ["p-bandit"]),
     ("AutoScholarQuery_test_1", "PASA_AutoScholar", "papers on missing work", "2019-01", ["p-gan", None]),
 ]
@@ -105,14 +144,33 @@ def _write_tiny(root: Path) -> Path:
     d.mkdir(parents=True)
     with gzip.open(d / "mlanthology_corpus.jsonl.gz", "wt", encoding="utf-8") as f:
         for pid, title, abstract, year in TINY_PAPERS:
-            f.write(json.dumps({"id": pid, "title": title, "abstract": abstract, "year": year, "venue": "icml"}) + "\n")
+            f.write(
+                json.dumps({"id": pid, "title": title, "abstract": abstract, "year": year, "venue": "icml"})
+                + "\n"
+            )
     with open(d / "scholargym_mlanth_matched.jsonl", "w") as m, open(d / "scholargym_bench.jsonl", "w") as b:
         for qid, source, query, date, gold in TINY_QUERIES:
             golds = [{"arxiv_id": "x", "title": str(g), "corpus_id": g} for g in gold]
             n_in = sum(g is not None for g in gold)
-            m.write(json.dumps({"qid": qid, "source": source, "query": query, "date": date, "gold": golds, "n_gold": len(gold), "n_gold_in_corpus": n_in}) + "\n")
+            m.write(
+                json.dumps(
+                    {
+                        "qid": qid,
+                        "source": source,
+                        "query": query,
+                        "date": date,
+                        "gold": golds,
+                        "n_gold": len(gold),
+                        "n_gold_in_corpus": n_in,
+                    }
+                )
+                + "\n"
+            )
             cited = [{"arxiv_id": "x", "title": str(g), "year": 2019} for g in gold]
-            b.write(json.dumps({"query": query, "cited_paper": cited, "date": date, "source": source, "qid": qid}) + "\n")
+            b.write(
+                json.dumps({"query": query, "cited_paper": cited, "date": date, "source": source, "qid": qid})
+                + "\n"
+            )
     return root
 
 
@@ -158,7 +216,9 @@ def test_tiny_episode_rewards(tiny: Path) -> None:
     assert r == pytest.approx(-0.5) and info["extra"]["selected"] == ["p-dqn"]
     _, r, *_ = env.step("Related[p-dqn]")
     assert r == 0.0
-    _, r, term, trunc, info = env.step("<tool_call>{\"name\": \"select\", \"arguments\": {\"paper_ids\": \"p-dqn2\"}}</tool_call><tool_call>{\"name\": \"finish\", \"arguments\": {}}</tool_call>")
+    _, r, term, trunc, info = env.step(
+        '<tool_call>{"name": "select", "arguments": {"paper_ids": "p-dqn2"}}</tool_call><tool_call>{"name": "finish", "arguments": {}}</tool_call>'
+    )
     assert r == pytest.approx(0.5) and term and not trunc and info["success"]
     assert info["metrics"]["recall_all"] == 1.0 and info["metrics"]["f1_all"] == 1.0
 
@@ -171,7 +231,11 @@ def test_tiny_distractors_only_give_zero(tiny: Path) -> None:
     assert r == pytest.approx(-0.2)
     _, r, term, _, info = env.step("Finish[]")
     assert term and r == 0.0 and not info["success"]
-    assert info["metrics"]["recall_all"] == 0.0 and info["metrics"]["f1_all"] == 0.0 and info["metrics"]["precision"] == 0.0
+    assert (
+        info["metrics"]["recall_all"] == 0.0
+        and info["metrics"]["f1_all"] == 0.0
+        and info["metrics"]["precision"] == 0.0
+    )
 
 
 def test_tiny_judge_mode(tiny: Path) -> None:
@@ -234,9 +298,14 @@ def test_env() -> PaperSearchEnv:
 @real
 def test_splits_never_overlap() -> None:
     everything = {t.qid for t in load_tasks(split="all")}
-    parts = {s: {t.qid for t in load_tasks(split=s)} for s in ("train", "test_autoscholar", "test_litsearch", "test_realscholar")}
+    parts = {
+        s: {t.qid for t in load_tasks(split=s)}
+        for s in ("train", "test_autoscholar", "test_litsearch", "test_realscholar")
+    }
     assert len(everything) == 826
-    assert sum(len(p) for p in parts.values()) == len(everything) and set().union(*parts.values()) == everything
+    assert (
+        sum(len(p) for p in parts.values()) == len(everything) and set().union(*parts.values()) == everything
+    )
     assert {t.qid for t in load_tasks(split="test")} == everything - parts["train"]
     assert all(q.startswith("AutoScholarQuery") for q in parts["train"])
     assert len(parts["test_litsearch"]) == 92 and len(parts["test_realscholar"]) == 1
@@ -253,8 +322,13 @@ def _oracle(env: PaperSearchEnv, index: int) -> dict[str, float]:
     env.reset(options={"task_index": index})
     corpus = env.resources.corpus
     task = env.tasks[index]
-    calls: list[dict[str, Any]] = [{"name": "search", "arguments": {"query": corpus.titles[corpus.index_of[g]]}} for g in task.gold_ids]
-    calls += [{"name": "select", "arguments": {"paper_ids": list(task.gold_ids)}}, {"name": "finish", "arguments": {}}]
+    calls: list[dict[str, Any]] = [
+        {"name": "search", "arguments": {"query": corpus.titles[corpus.index_of[g]]}} for g in task.gold_ids
+    ]
+    calls += [
+        {"name": "select", "arguments": {"paper_ids": list(task.gold_ids)}},
+        {"name": "finish", "arguments": {}},
+    ]
     info: dict[str, Any] = {}
     while calls:
         chunk, calls = calls[:3], calls[3:]
@@ -279,7 +353,9 @@ def test_distractors_only_score_zero(test_env: PaperSearchEnv) -> None:
         test_env.reset(options={"task_index": i})
         _, _, _, _, info = test_env.step("Search[neural networks]")
         gold = set(test_env.tasks[i].gold_ids)
-        cands = [pid for pid in info["extra"]["tool_results"][0].split(": ", 1)[1].split(", ") if pid not in gold][:5]
+        cands = [
+            pid for pid in info["extra"]["tool_results"][0].split(": ", 1)[1].split(", ") if pid not in gold
+        ][:5]
         _, r, _, _, info = test_env.step(f"Select[{', '.join(cands)}]")
         assert r == pytest.approx(-0.1 * len(cands))
         _, _, term, _, info = test_env.step("Finish[]")
@@ -293,14 +369,24 @@ _ACTIONS = st.one_of(
     st.builds(
         lambda n, args: f"<tool_call>{json.dumps({'name': n, 'arguments': args})}</tool_call>",
         st.sampled_from(["search", "related", "select", "finish", "nope"]),
-        st.dictionaries(st.sampled_from(["query", "paper_id", "paper_ids", "x"]), st.one_of(st.text(max_size=30), st.integers(), st.lists(st.text(max_size=10), max_size=3), st.none()), max_size=2),
+        st.dictionaries(
+            st.sampled_from(["query", "paper_id", "paper_ids", "x"]),
+            st.one_of(
+                st.text(max_size=30), st.integers(), st.lists(st.text(max_size=10), max_size=3), st.none()
+            ),
+            max_size=2,
+        ),
     ),
 )
 _FUZZ_STRINGS: list[int] = []
 
 
 @real
-@settings(max_examples=260, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=260,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(seed=st.integers(0, 10_000), actions=st.lists(_ACTIONS, min_size=8, max_size=8))
 def test_fuzz_actions_never_crash(test_env: PaperSearchEnv, seed: int, actions: list[str]) -> None:
     obs, _ = test_env.reset(seed=seed)

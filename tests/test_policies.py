@@ -81,12 +81,12 @@ def test_generations_are_token_exact(backend: str, request: pytest.FixtureReques
     policy = request.getfixturevalue(backend)
     tok = policy.tokenizer
     prompts = _prompts(tok)
-    for sampling in (SamplingConfig(temperature=0.0, max_tokens=24), SamplingConfig(temperature=1.0, max_tokens=24, seed=5)):
+    for sampling in (SamplingConfig(temperature=0.0, max_tokens=16), SamplingConfig(temperature=1.0, max_tokens=16, seed=5)):
         gens = policy.generate(prompts, sampling)
         assert len(gens) == len(prompts)
         for gen in gens:
             assert gen.finish_reason in ("stop", "length")
-            assert 0 < len(gen.token_ids) == len(gen.logprobs) <= 24
+            assert 0 < len(gen.token_ids) == len(gen.logprobs) <= 16
             assert gen.text == tok.decode(gen.token_ids, skip_special_tokens=True)
             assert all(lp <= 1e-6 for lp in gen.logprobs)
             if gen.finish_reason == "stop":
@@ -101,7 +101,11 @@ def test_greedy_is_reproducible_and_seeds_are_per_prompt(backend: str, request: 
     policy = request.getfixturevalue(backend)
     prompts = _prompts(policy.tokenizer)
     greedy = SamplingConfig(temperature=0.0, max_tokens=16)
-    assert policy.generate(prompts, greedy) == policy.generate(prompts, greedy)
+    first, second = policy.generate(prompts, greedy), policy.generate(prompts, greedy)
+    assert [g.token_ids for g in first] == [g.token_ids for g in second]
+    assert [g.text for g in first] == [g.text for g in second]
+    # logprobs may differ in the last bits (a server's batching / prefix cache changes the kernels' shapes)
+    assert max(abs(a - b) for f, s in zip(first, second, strict=True) for a, b in zip(f.logprobs, s.logprobs, strict=True)) < 1e-4
 
     same = [prompts[0]] * 3
     sampled = policy.generate(same, SamplingConfig(temperature=1.0, max_tokens=16), seeds=[11, 12, 11])

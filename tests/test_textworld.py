@@ -55,6 +55,7 @@ def test_read_command_forms() -> None:
         choice = read_command(bad, tools, 120)
         assert choice.command is None and choice.error and not choice.parsed.valid, bad
     assert clean_command("open\x00 door\u00e9", 120) == "open door"
+    assert clean_command("\\c$x", 120) == "c$x"
 
 
 def test_pools_are_disjoint_and_named() -> None:

@@ -25,10 +25,42 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
+class MixedPolicy:
+    """Half the episodes from the tiny model (HF backend), half from the scripted toy policy, so that
+    samples of one task get different returns (group baselines need reward variance to move weights)."""
+
+    def __init__(self, tiny: Path) -> None:
+        from steppo_agent.policies import PolicyConfig, make_policy
+
+        self.model_policy = make_policy(PolicyConfig(backend="hf", model=str(tiny)))
+        self.scripted = toy_env.make_fake_policy()
+        self.backend, self.model, self.version = "mixed", str(tiny), 0
+        self.tokenizer, self.max_model_len = self.model_policy.tokenizer, self.model_policy.max_model_len
+        self.pushes = 0
+
+    def generate(self, prompts, sampling, seeds=None):  # type: ignore[no-untyped-def]
+        seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
+        pick = [int(s or 0) % 2 for s in seeds]
+        out: list = [None] * len(prompts)
+        for which, policy in ((0, self.model_policy), (1, self.scripted)):
+            idx = [i for i, k in enumerate(pick) if k == which]
+            if idx:
+                for i, g in zip(idx, policy.generate([prompts[i] for i in idx], sampling, [seeds[i] for i in idx]), strict=True):
+                    out[i] = g
+        return out
+
+    def load_weights(self, state_dict):  # type: ignore[no-untyped-def]
+        self.pushes += 1
+        return self.model_policy.load_weights(state_dict)
+
+    def close(self) -> None:
+        self.model_policy.close()
+
+
 def _config(tiny: Path, algo: str, out: Path, **extra: object):
     base = dict(
         model=str(tiny), env_id=toy_env.ENV_ID, backend="hf", iterations=1, tasks_per_iteration=2, group_size=2,
-        max_tokens=8, output_dir=str(out), minibatch_size=64, token_budget=4096, actor_lr=1e-3, critic_lr=1e-3,
+        max_tokens=16, output_dir=str(out), minibatch_size=64, token_budget=4096, actor_lr=1e-3, critic_lr=1e-3,
         save_every=1,
     )
     base.update(extra)
@@ -37,15 +69,16 @@ def _config(tiny: Path, algo: str, out: Path, **extra: object):
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_one_iteration_changes_every_parameter(tiny: Path, tmp_path: Path, algo: str) -> None:
-    config = _config(tiny, algo, tmp_path / algo)
+    # a wide range and few guesses: some samples of a task win, others do not (reward variance)
+    config = _config(tiny, algo, tmp_path / algo, env_kwargs={"high": 64, "max_steps": 3}, tasks_per_iteration=3)
     before_actor = {k: v.clone() for k, v in load_actor(ModelConfig(str(tiny))).named_parameters()}
-    result = train(config)
+    policy = MixedPolicy(tiny)
+    result = train(config, policy=policy)
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["iteration"] == 0
     assert all(math.isfinite(v) for v in rows[0].values())
     assert math.isfinite(rows[0]["losses/policy"])
-    # the rollout engine and the trainer agree on the logprobs of the sampled tokens
-    assert rows[0]["rollout/logprob_gap_max"] < 1e-3
+    assert policy.pushes == 1
     unchanged = [k for k, p in result.actor.named_parameters() if p.requires_grad and torch.equal(p, before_actor[k])]
     assert not unchanged, f"{algo}: actor parameters not updated: {unchanged}"
     if config.uses_critic:
@@ -70,8 +103,10 @@ def test_resume_continues_identically(tiny: Path, tmp_path: Path) -> None:
     c = dict(straight.critic.named_parameters())
     for k, p in resumed.critic.named_parameters():
         assert torch.equal(p, c[k]), k
-    lines_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["iteration"] for x in lines_b] == [0, 1]
+    lines_b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines_b] == [0, 1]
+    # the HF rollout policy and the trainer agree on the logprobs of the sampled tokens
+    assert all(x["rollout/logprob_gap_max"] < 1e-3 for x in lines_b)
 
 
 def test_offline_training_from_trajectory_files(tiny: Path, tmp_path: Path) -> None:

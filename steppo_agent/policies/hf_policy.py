@@ -111,6 +111,13 @@ class HFPolicy:
         rows = [torch.multinomial(probs[b], 1, generator=generators[b]) for b in range(probs.shape[0])]
         return torch.cat(rows)
 
+    def _hit_stop(self, ids: list[int], stop: Sequence[str]) -> bool:
+        """Whether the decoded response contains one of the stop strings."""
+        if not stop:
+            return False
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return any(s in text for s in stop)
+
     def _generate_batch(
         self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int | None]
     ) -> list[Generation]:
@@ -155,11 +162,7 @@ class HFPolicy:
                     token = int(chosen[b])
                     tokens[b].append(token)
                     logprobs[b].append(float(raw[b, token]))
-                    if token in self.eos_ids:
-                        reasons[b] = "stop"
-                    elif sampling.stop and any(
-                        s in self.tokenizer.decode(tokens[b], skip_special_tokens=True) for s in sampling.stop
-                    ):
+                    if token in self.eos_ids or self._hit_stop(tokens[b], sampling.stop):
                         reasons[b] = "stop"
                     elif len(tokens[b]) >= budgets[b]:
                         reasons[b] = "length"

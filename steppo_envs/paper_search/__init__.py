@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from steppo_envs.paper_search.data import Paper, PaperCorpus, PaperSearchResources, PaperTask, load_tasks, split_of
+    from steppo_envs.paper_search.data import (
+        Paper,
+        PaperCorpus,
+        PaperSearchResources,
+        PaperTask,
+        load_tasks,
+        split_of,
+    )
     from steppo_envs.paper_search.env import PaperSearchConfig, PaperSearchEnv
     from steppo_envs.paper_search.reward import GoldReward, JudgeReward, RewardFn, selection_metrics
 

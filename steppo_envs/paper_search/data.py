@@ -9,7 +9,7 @@ Files (under ``resolve_data_dir(data_dir, subdir="paper_search")``, see the data
 
 Parsing the gzip corpus takes seconds, so the parsed columns (and the document frequencies used by
 ``related``) are pickled once under ``cache_dir("paper_search")``, keyed by the gzip file's size and
-modification time. The BM25 index itself is cached by :class:`steppo_envs.search.BM25Index`.
+modification time and the tokenizer version. The BM25 index itself is cached by :class:`steppo_envs.search.BM25Index`.
 :func:`load_resources` keeps one in-process copy per (data directory, index parameters) so several
 environments share the same index.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from steppo_envs.paths import cache_dir, resolve_data_dir
-from steppo_envs.search import Backend, BM25Index, Passage, SearchHit, tokenize
+from steppo_envs.search import TOKENIZER_VERSION, Backend, BM25Index, Passage, SearchHit, tokenize
 
 __all__ = [
     "BENCH_FILE",
@@ -135,7 +135,9 @@ def _in_split(task_split: str, split: str) -> bool:
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, object]]:
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is missing: put the paper_search files of the shared data there or pass data_dir=....")
+        raise FileNotFoundError(
+            f"{str(path)!r} is missing: put the paper_search files of the shared data there or pass data_dir=...."
+        )
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
@@ -173,7 +175,17 @@ def load_tasks(
         task_split = split_of(str(r["qid"]), str(r["source"]))
         if _in_split(task_split, split):
             gold = tuple(dict.fromkeys(gold))
-            tasks.append(PaperTask(str(r["qid"]), str(r["source"]), str(r["query"]), str(r["date"]), gold, n_total, task_split))
+            tasks.append(
+                PaperTask(
+                    str(r["qid"]),
+                    str(r["source"]),
+                    str(r["query"]),
+                    str(r["date"]),
+                    gold,
+                    n_total,
+                    task_split,
+                )
+            )
     return tasks
 
 
@@ -241,9 +253,12 @@ def load_corpus(data_dir: str | os.PathLike[str] | None = None, *, show_progress
     """Load the corpus, from the pickle cache when the gzip file is unchanged (same size and mtime)."""
     path = resolve_data_dir(data_dir, subdir="paper_search") / CORPUS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is missing: put the paper_search files of the shared data there or pass data_dir=....")
+        raise FileNotFoundError(
+            f"{str(path)!r} is missing: put the paper_search files of the shared data there or pass data_dir=...."
+        )
     st = path.stat()
-    cached = cache_dir("paper_search") / f"corpus-v{_CORPUS_CACHE_VERSION}-{st.st_size}-{st.st_mtime_ns}.pkl"
+    version = f"v{_CORPUS_CACHE_VERSION}-tok{TOKENIZER_VERSION}"  # doc_freq depends on the tokenizer
+    cached = cache_dir("paper_search") / f"corpus-{version}-{st.st_size}-{st.st_mtime_ns}.pkl"
     t0 = time.perf_counter()
     if cached.is_file():
         with open(cached, "rb") as f:
@@ -309,7 +324,9 @@ class PaperSearchResources:
             self._masks[max_year] = mask
         return mask
 
-    def search(self, query: str | Sequence[str], k: int, max_year: int, exclude: int | None = None) -> list[SearchHit]:
+    def search(
+        self, query: str | Sequence[str], k: int, max_year: int, exclude: int | None = None
+    ) -> list[SearchHit]:
         """The top-``k`` papers for ``query`` published no later than ``max_year`` (minus ``exclude``)."""
         mask = self.allowed(max_year)
         if exclude is not None and mask[exclude]:
@@ -320,7 +337,9 @@ class PaperSearchResources:
     def related_terms(self, i: int, n_terms: int) -> list[str]:
         """The ``n_terms`` most characteristic terms of paper ``i`` (title counted twice), by tf-idf
         with ``idf = log(N / df)``; ties broken alphabetically so the query is deterministic."""
-        tf = Counter(tokenize(self.corpus.titles[i] + " " + self.corpus.titles[i] + " " + self.corpus.abstracts[i]))
+        tf = Counter(
+            tokenize(self.corpus.titles[i] + " " + self.corpus.titles[i] + " " + self.corpus.abstracts[i])
+        )
         n = self._n_docs
         weight = {t: c * float(np.log(n / max(1, self.corpus.doc_freq.get(t, 1)))) for t, c in tf.items()}
         return sorted(weight, key=lambda t: (-weight[t], t))[:n_terms]
@@ -344,6 +363,8 @@ def load_resources(
     res = _RESOURCES.get(key)
     if res is None:
         corpus = load_corpus(root.parent, show_progress=show_progress)
-        res = PaperSearchResources(corpus, backend=backend, k1=k1, b=b, title_weight=title_weight, show_progress=show_progress)
+        res = PaperSearchResources(
+            corpus, backend=backend, k1=k1, b=b, title_weight=title_weight, show_progress=show_progress
+        )
         _RESOURCES[key] = res
     return res

@@ -31,13 +31,21 @@ TOOLS: tuple[ToolSpec, ...] = (
     ToolSpec(
         "search",
         "Keyword search (BM25) over paper titles and abstracts; returns up to 10 papers published by the question's cut-off.",
-        {"type": "object", "properties": {"query": {"type": "string", "description": "keywords"}}, "required": ["query"]},
+        {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "keywords"}},
+            "required": ["query"],
+        },
         compact="Search",
     ),
     ToolSpec(
         "related",
         "Papers most similar to a paper you have already seen (by its title and abstract).",
-        {"type": "object", "properties": {"paper_id": {"type": "string", "description": "a paper id from the candidates"}}, "required": ["paper_id"]},
+        {
+            "type": "object",
+            "properties": {"paper_id": {"type": "string", "description": "a paper id from the candidates"}},
+            "required": ["paper_id"],
+        },
         compact="Related",
     ),
     ToolSpec(
@@ -63,8 +71,8 @@ SYSTEM_PROMPT = (
     "You are an academic search agent. Find the papers that answer the user's research question in an offline "
     "collection of machine-learning papers, and select them. Tools: search(query) keyword-searches titles and "
     "abstracts; related(paper_id) lists papers similar to one you have seen; select(paper_ids) adds papers to your "
-    "answer; finish() ends the task. Up to {max_calls} tool calls per step, as <tool_call>{{\"name\": ..., "
-    "\"arguments\": {{...}}}}</tool_call> blocks, or one compact call: Search[keywords], Related[paper id], "
+    'answer; finish() ends the task. Up to {max_calls} tool calls per step, as <tool_call>{{"name": ..., '
+    '"arguments": {{...}}}}</tool_call> blocks, or one compact call: Search[keywords], Related[paper id], '
     "Select[id1, id2], Finish[]. Selecting a relevant paper earns reward, a wrong one costs a little; repeated "
     "searches and unknown ids are penalised. You have {max_steps} steps."
 )
@@ -128,11 +136,21 @@ class PaperSearchConfig:
 def _validate(cfg: PaperSearchConfig) -> None:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r} is not a split: use one of {', '.join(SPLITS)}.")
-    for name in ("max_steps", "max_tool_calls", "top_k", "related_k", "related_terms", "pool_show", "title_weight"):
+    for name in (
+        "max_steps",
+        "max_tool_calls",
+        "top_k",
+        "related_k",
+        "related_terms",
+        "pool_show",
+        "title_weight",
+    ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1: pass a positive {name}.")
     if cfg.obs_budget_chars < 500 or cfg.abstract_chars < 0 or cfg.date_slack_years < 0:
-        raise ConfigError("obs_budget_chars must be >= 500 and abstract_chars, date_slack_years >= 0: fix those options.")
+        raise ConfigError(
+            "obs_budget_chars must be >= 500 and abstract_chars, date_slack_years >= 0: fix those options."
+        )
 
 
 _ID_SPLIT_RE = re.compile(r"[\s,;]+")
@@ -180,7 +198,9 @@ class PaperSearchEnv(gym.Env[str, str]):
 
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, config: PaperSearchConfig | None = None, *, render_mode: str | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: PaperSearchConfig | None = None, *, render_mode: str | None = None, **overrides: Any
+    ) -> None:
         self.config = build_config(PaperSearchConfig, config, overrides)
         _validate(self.config)
         if render_mode not in (None, "ansi"):
@@ -189,11 +209,20 @@ class PaperSearchEnv(gym.Env[str, str]):
         cfg = self.config
         self.tasks = load_tasks(cfg.data_dir, cfg.split, include_partial=cfg.include_partial)
         if not self.tasks:
-            raise ConfigError(f"split {cfg.split!r} has no questions in this data directory: pick another split or data_dir.")
+            raise ConfigError(
+                f"split {cfg.split!r} has no questions in this data directory: pick another split or data_dir."
+            )
         self.resources: PaperSearchResources = load_resources(
-            cfg.data_dir, backend=cfg.backend, k1=cfg.k1, b=cfg.b, title_weight=cfg.title_weight, show_progress=cfg.show_progress
+            cfg.data_dir,
+            backend=cfg.backend,
+            k1=cfg.k1,
+            b=cfg.b,
+            title_weight=cfg.title_weight,
+            show_progress=cfg.show_progress,
         )
-        self.reward_fn: RewardFn = cfg.reward_fn if cfg.reward_fn is not None else GoldReward(cfg.wrong_select_penalty)
+        self.reward_fn: RewardFn = (
+            cfg.reward_fn if cfg.reward_fn is not None else GoldReward(cfg.wrong_select_penalty)
+        )
         self.tools = TOOLS
         self.system_prompt = SYSTEM_PROMPT.format(max_calls=cfg.max_tool_calls, max_steps=cfg.max_steps)
         self.observation_space = text_space()
@@ -203,13 +232,17 @@ class PaperSearchEnv(gym.Env[str, str]):
         self._obs = ""
 
     # -- gymnasium API ------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, StepInfo]:
         super().reset(seed=seed)
         options = options or {}
         if "task_index" in options:
             i = int(options["task_index"])
             if not 0 <= i < len(self.tasks):
-                raise ValueError(f"task_index={i} is out of range: the split has {len(self.tasks)} questions (0..{len(self.tasks) - 1}).")
+                raise ValueError(
+                    f"task_index={i} is out of range: the split has {len(self.tasks)} questions (0..{len(self.tasks) - 1})."
+                )
         else:
             i = int(self.np_random.integers(len(self.tasks)))
         task = self.tasks[i]
@@ -231,7 +264,9 @@ class PaperSearchEnv(gym.Env[str, str]):
         if parsed.valid:
             problem = next((p for p in map(self._argument_problem, parsed.tool_calls) if p), None)
             if problem:
-                parsed = ParsedAction(kind="invalid", reasoning=parsed.reasoning, format=parsed.format, error=problem)
+                parsed = ParsedAction(
+                    kind="invalid", reasoning=parsed.reasoning, format=parsed.format, error=problem
+                )
         reward = 0.0
         finished = False
         if not parsed.valid:
@@ -249,7 +284,13 @@ class PaperSearchEnv(gym.Env[str, str]):
         truncated = not finished and ep.step >= cfg.max_steps
         ep.done = terminated or truncated
         self._obs = self._render()
-        return self._obs, float(reward), terminated, truncated, self._info(parsed, valid=parsed.valid, final=ep.done)
+        return (
+            self._obs,
+            float(reward),
+            terminated,
+            truncated,
+            self._info(parsed, valid=parsed.valid, final=ep.done),
+        )
 
     def render(self) -> str | None:
         """The current observation (``render_mode="ansi"``)."""
@@ -321,7 +362,9 @@ class PaperSearchEnv(gym.Env[str, str]):
         idx = self.resources.corpus.index_of.get(paper_id)
         if idx is None or idx not in ep.pool:
             ep.history.append(f"{ep.step}. related({shown!r}) unknown id (penalty)")
-            ep.last_notes.append(f"related {shown!r}: not a paper id you have seen; use an id from the candidates.")
+            ep.last_notes.append(
+                f"related {shown!r}: not a paper id you have seen; use an id from the candidates."
+            )
             return -self.config.unknown_id_penalty
         if idx in ep.expanded:
             ep.history.append(f"{ep.step}. related({shown!r}) repeated (penalty)")
@@ -378,7 +421,10 @@ class PaperSearchEnv(gym.Env[str, str]):
         if ep.history:
             sections.append(Section("\n".join(ep.history), title="History", priority=1))
         chosen = set(ep.selected)
-        ranked = sorted((i for i in ep.pool if i not in chosen), key=lambda i: (ep.pool[i].best_rank, -ep.pool[i].times, ep.pool[i].order))
+        ranked = sorted(
+            (i for i in ep.pool if i not in chosen),
+            key=lambda i: (ep.pool[i].best_rank, -ep.pool[i].times, ep.pool[i].order),
+        )
         if ranked:
             shown = ranked[: cfg.pool_show]
             body = "\n".join(self._line(i, True) for i in shown)
@@ -392,7 +438,11 @@ class PaperSearchEnv(gym.Env[str, str]):
         if ep.feedback:
             sections.append(Section(truncate_text(ep.feedback, 1000), title="Feedback", keep=True))
         left = max(0, cfg.max_steps - ep.step)
-        status = "Episode over." if ep.done else f"Steps left: {left}. Tool calls per step: up to {cfg.max_tool_calls}."
+        status = (
+            "Episode over."
+            if ep.done
+            else f"Steps left: {left}. Tool calls per step: up to {cfg.max_tool_calls}."
+        )
         sections.append(Section(status, keep=True))
         return render_sections(sections, cfg.obs_budget_chars)
 

@@ -85,7 +85,9 @@ def f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
-def selection_metrics(selected: Sequence[str], gold: Collection[str], surfaced: Collection[str] = ()) -> dict[str, float]:
+def selection_metrics(
+    selected: Sequence[str], gold: Collection[str], surfaced: Collection[str] = ()
+) -> dict[str, float]:
     """Metrics of an answer list against the gold papers.
 
     ``recall_all`` (Recall@all: the share of gold papers selected), ``precision`` (the share of

@@ -13,8 +13,8 @@ Reading a response (:func:`read_command`):
 * anything else (empty text, broken JSON, several lines of prose) is an invalid step that is
   **not** passed to the game.
 
-Before the game sees a command it is cleaned (:func:`clean_command`): only printable ASCII is kept
-(a NUL byte hangs the Z-machine interpreter), whitespace is collapsed, it is lower-cased and cut to
+Before the game sees a command it is cleaned (:func:`clean_command`): only printable ASCII except the backslash is kept
+(a NUL byte, or a backslash that starts a dumb-frotz escape, hangs the Z-machine interpreter), whitespace is collapsed, it is lower-cased and cut to
 ``max_command_chars``. Interpreter meta-commands (``quit``, ``restart``, ``save``, ``undo``...) are
 not passed to the game either: they open yes/no prompts or touch files and would desynchronise the
 episode (:data:`META_COMMANDS`).
@@ -62,7 +62,7 @@ META_COMMANDS: frozenset[str] = frozenset(
     }
 )  # fmt: skip
 
-_NON_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]+")
+_NON_PRINTABLE_RE = re.compile(r"[^\x20-\x5b\x5d-\x7e]+")  # printable ASCII minus backslash
 _SPACES_RE = re.compile(r"\s+")
 _BANNER_LINE_RE = re.compile(r"^[\s_|\\$/<>()=~-]*$")
 

@@ -1,0 +1,127 @@
+"""Trainer update throughput vs a raw forward+backward of the same model on the same batch.
+
+Both phases see the same step rows (prompt + response token ids) and run in fresh subprocesses so
+their peak memory (max RSS) is measured separately. "Raw" is the plain HF recipe: one padded batch,
+full logits, log_softmax, gather the response tokens, mean, backward, AdamW step. "Trainer" is
+steppo's StepPO actor update (``steppo_train.update.actor_loss`` over token-budget micro-batches,
+backward, clip, AdamW step), critic excluded. Reports median tokens/s over repeats and the ratio
+(goal >= 0.8).
+
+    python benchmarks/bench_trainer.py                 # the default model (SmolLM2-135M)
+    python benchmarks/bench_trainer.py --rows 8 --prompt 256 --response 64 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _rows(n: int, prompt: int, response: int, vocab: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(100, vocab - 1, (prompt - 7 * (i % 3),), generator=g).tolist() for i in range(n)]
+    responses = [torch.randint(100, vocab - 1, (response - 5 * (i % 2),), generator=g).tolist() for i in range(n)]
+    return prompts, responses
+
+
+def _phase(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from steppo_agent.default_model import resolve_model
+    from steppo_train.batch import StepBatch
+    from steppo_train.config import load_config
+    from steppo_train.models import ModelConfig, load_actor
+    from steppo_train.targets import RowTargets
+    from steppo_train.update import IterationData, actor_loss, make_units, pack_units
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    path = resolve_model(args.model)
+    actor = load_actor(ModelConfig(path))
+    vocab = actor.config.vocab_size
+    prompts, responses = _rows(args.rows, args.prompt, args.response, vocab)
+    tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    opt = torch.optim.AdamW(actor.parameters(), lr=1e-6)
+    times = []
+    if args.phase == "raw":
+        L = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+        ids = torch.zeros(len(prompts), L, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        tgt_mask = torch.zeros(len(prompts), L, dtype=torch.bool)
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+            attn[i, : len(p) + len(r)] = 1
+            tgt_mask[i, len(p) : len(p) + len(r)] = True
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            logits = actor(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+            logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            loss = -(logp * tgt_mask[:, 1:]).sum() / tgt_mask.sum()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+    else:
+        config = load_config("steppo", overrides={"token_budget": args.token_budget, "model": path})
+        n = len(prompts)
+        batch = StepBatch(
+            prompt_ids=prompts, response_ids=responses, rollout_logprobs=[[0.0] * len(r) for r in responses],
+            traj_index=torch.arange(n), step_index=torch.zeros(n, dtype=torch.long), rewards=torch.zeros(n, 1),
+            step_mask=torch.ones(n, 1, dtype=torch.bool), terminated=torch.ones(n, dtype=torch.bool),
+            truncated=torch.zeros(n, dtype=torch.bool), group_ids=torch.arange(n),
+            anchor_ids=torch.zeros(n, 1, dtype=torch.long), returns=torch.zeros(n),
+        )
+        adv = torch.linspace(-1, 1, n)
+        targets = RowTargets([adv[i].expand(len(r)).clone() for i, r in enumerate(responses)], adv, None, None)
+        old = [torch.full((len(r),), -5.0) for r in responses]
+        data = IterationData(batch, old, targets, None, make_units(config, batch))
+        n_tok = sum(len(r) for r in responses)
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for pack in pack_units(data.units, batch, config.token_budget):
+                loss, _ = actor_loss(config, actor, data, pack, len(data.units), n_tok)
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(actor.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times[1:] if len(times) > 2 else times)
+    return {"tokens": tokens, "seconds_median": med, "tokens_per_s": tokens / med,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--rows", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--response", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--token-budget", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--phase", choices=["raw", "trainer"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        print(json.dumps(_phase(args)))
+        return
+    results = {}
+    for phase in ("raw", "trainer"):
+        cmd = [sys.executable, __file__, "--phase", phase] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "phase"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[phase] = json.loads(out)
+    raw, tr = results["raw"], results["trainer"]
+    print(f"model={args.model} rows={args.rows} prompt~{args.prompt} response~{args.response} tokens/update={raw['tokens']}")
+    print(f"{'phase':<10}{'median s':>10}{'tokens/s':>12}{'peak RSS GiB':>14}")
+    for name, r in results.items():
+        print(f"{name:<10}{r['seconds_median']:>10.2f}{r['tokens_per_s']:>12.1f}{r['peak_rss_gib']:>14.2f}")
+    print(f"ratio trainer/raw tokens/s = {tr['tokens_per_s'] / raw['tokens_per_s']:.2f} (goal >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
