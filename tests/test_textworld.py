@@ -216,7 +216,7 @@ _actions = st.one_of(
     st.text(max_size=60),
     st.lists(_words, max_size=6).map(" ".join),
     st.lists(_words, max_size=4).map(lambda w: f"Act[{' '.join(w)}]"),
-    st.builds(lambda c: '<tool_call>{"name": "act", "arguments": {"command": %s}}</tool_call>' % json.dumps(c), st.text(max_size=30)),
+    st.text(max_size=30).map(lambda c: "<tool_call>" + json.dumps({"name": "act", "arguments": {"command": c}}) + "</tool_call>"),
     st.sampled_from(["take milk from fridge", "prepare meal", "eat meal", "examine cookbook", "inventory"]),
 )
 

@@ -19,7 +19,14 @@ from steppo_envs.config import ConfigError, build_config
 from steppo_envs.contract import StepInfo, make_info, optional_import, text_space
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
 from steppo_envs.textworld_env.episode import EpisodeSettings, GameEpisode
-from steppo_envs.textworld_env.games import GameRef, Pool, check_preset, ensure_games, pool_refs, user_game_refs
+from steppo_envs.textworld_env.games import (
+    GameRef,
+    Pool,
+    check_preset,
+    ensure_games,
+    pool_refs,
+    user_game_refs,
+)
 from steppo_envs.tools import ToolSpec
 
 __all__ = ["SYSTEM_PROMPT", "TextWorldConfig", "TextWorldEnv"]
