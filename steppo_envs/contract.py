@@ -123,3 +123,19 @@ def optional_import(module: str, extra: str) -> ModuleType:
         raise MissingExtraError(
             f"{module!r} is not installed ({exc}): install it with pip install 'steppo[{extra}]'."
         ) from exc
+
+
+def _no_shared_memory(space: TextSpace, n: int = 1, ctx: Any = None) -> Any:
+    raise ValueError(
+        "steppo text observations cannot live in shared memory (Gymnasium would silently garble them): "
+        "create the vector env with gymnasium.vector.AsyncVectorEnv(..., shared_memory=False)."
+    )
+
+
+def _register_vector_guards() -> None:
+    from gymnasium.vector.utils import create_shared_memory
+
+    create_shared_memory.register(TextSpace)(_no_shared_memory)
+
+
+_register_vector_guards()

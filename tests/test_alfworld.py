@@ -33,7 +33,7 @@ def test_games_and_task_types() -> None:
 
 @pytest.mark.slow
 def test_check_step_env() -> None:
-    steppo_envs.check_step_env(gym.make(ENV_ID, split="valid_seen", max_steps=12))
+    steppo_envs.check_step_env(gym.make(ENV_ID, split="valid_seen", max_steps=6))
 
 
 def _expert_games() -> list[tuple[str, int]]:

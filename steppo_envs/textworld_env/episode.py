@@ -221,7 +221,9 @@ class GameEpisode:
             if admissible is not None and command not in {normalize(c) for c in admissible}:
                 valid = False
                 feedback = f"{command!r} is not one of the admissible commands; the game received it anyway."
-            self._state, score, _ = self._engine.step(command)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # jericho's "not fully supported" on TextWorld's helper games
+                self._state, score, _ = self._engine.step(command)
             self._commands.append(command)
             new_score = _as_float(score, _as_float(self._state.get("score"), self.score))
             reward = new_score - self.score
