@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV="${STEPPO_VENV:-.venv}"
+"$VENV/bin/ruff" check .
 "$VENV/bin/python" -m pytest "$@"
 "$VENV/bin/python" -m mkdocs build --strict --quiet --site-dir "${TMPDIR:-/tmp}/steppo-site"
 echo "docs: mkdocs build --strict ok"

@@ -370,7 +370,11 @@ class _Runner:
             return
         seeds = [derive_seed(sampling.seed, ep.task_seed, ep.sample, len(ep.traj.steps)) for ep in ready]  # type: ignore[union-attr]
         t0 = time.perf_counter()
-        gens = self.policy.generate([ep.prompt_ids for ep in ready], sampling, seeds=seeds)
+        prompts = [ep.prompt_ids for ep in ready]
+        if getattr(self.policy, "wants_infos", False):  # e.g. the expert policy reads info["extra"]
+            gens = self.policy.generate(prompts, sampling, seeds=seeds, infos=[ep.info for ep in ready])  # type: ignore[call-arg]
+        else:
+            gens = self.policy.generate(prompts, sampling, seeds=seeds)
         t1 = time.perf_counter()
         if len(gens) != len(ready):
             raise RuntimeError(f"policy {self.policy.backend!r} returned {len(gens)} generations for {len(ready)} prompts.")

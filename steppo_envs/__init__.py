@@ -13,7 +13,14 @@ import gymnasium
 from steppo_envs.actions import ParsedAction, ToolCall, format_hint, parse_action
 from steppo_envs.checker import check_step_env
 from steppo_envs.config import ConfigError, build_config
-from steppo_envs.contract import MissingExtraError, StepInfo, TextSpace, make_info, optional_import, text_space
+from steppo_envs.contract import (
+    MissingExtraError,
+    StepInfo,
+    TextSpace,
+    make_info,
+    optional_import,
+    text_space,
+)
 from steppo_envs.paths import DataDirError, cache_dir, resolve_data_dir
 from steppo_envs.render import Section, render_sections, truncate_text
 from steppo_envs.tools import ToolSpec

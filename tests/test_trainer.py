@@ -169,3 +169,13 @@ def test_training_docs_list_every_config_field() -> None:
     text = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f"`{f.name}`" not in text]
     assert not missing, f"docs/training.md misses config fields {missing}"
+
+
+def test_cli_docs_cover_every_subcommand() -> None:
+    from steppo_agent.cli import build_parser
+
+    text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    missing = [c for c in commands if f"## steppo {c}" not in text]
+    assert not missing, f"docs/cli.md misses sub-commands {missing}"

@@ -19,7 +19,7 @@ from steppo_agent.cli.common import parse_env_kwargs
 __all__ = ["DEFAULT_ENV", "SPLIT_OPTION", "add_parser", "build_policy", "default_output"]
 
 #: The environment ``steppo rollout`` / ``steppo eval`` play when ``--env`` is not given.
-DEFAULT_ENV = "steppo/MultiHopQA-v0"
+DEFAULT_ENV = "steppo/TextWorld-v0"
 DEFAULT_MODEL = "smollm2-135m"
 #: The env option ``steppo eval --split`` sets (envs not listed take ``split``).
 SPLIT_OPTION: dict[str, str] = {"steppo/MultiHopQA-v0": "dataset"}
@@ -35,7 +35,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default=DEFAULT_ENV, help=f"environment id (default {DEFAULT_ENV}); 'module:id' imports module first")
     p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="environment option (repeatable)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path (default {DEFAULT_MODEL})")
-    p.add_argument("--backend", choices=("vllm", "openai", "hf"), default="vllm", help="policy backend (default vllm)")
+    p.add_argument("--backend", choices=("vllm", "openai", "hf", "expert"), default="vllm",
+                   help="policy backend (default vllm); 'expert' replays the env's expert (needs --env-arg expert=true)")
     p.add_argument("--base-url", action="append", metavar="URL", help="OpenAI-compatible server root for --backend openai (repeatable)")
     p.add_argument("--dtype", default=None, help="model dtype (float32, bfloat16); default float32 on CPU")
     p.add_argument("--max-model-len", type=int, default=2048, help="prompt + response tokens per step (default 2048)")
@@ -78,6 +79,10 @@ def build_policy(args: argparse.Namespace) -> Any:
         if not name:
             raise SystemExit(f"--policy {args.policy!r} must look like MODULE:FACTORY, e.g. mypkg.policies:make")
         return getattr(importlib.import_module(module), name)(args.model)
+    if args.backend == "expert":
+        from steppo_agent.policies.expert import ExpertPolicy
+
+        return ExpertPolicy(args.model, max_model_len=args.max_model_len)
     from steppo_agent.policies import PolicyConfig, make_policy
 
     config = PolicyConfig(backend=args.backend, model=args.model, dtype=args.dtype, max_model_len=args.max_model_len)
