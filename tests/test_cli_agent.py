@@ -25,7 +25,7 @@ def test_parser_defaults() -> None:
     parser = build_parser()
     r = parser.parse_args(["rollout"])
     assert (r.env, r.model, r.backend, r.num_tasks, r.group_size, r.temperature, r.max_tokens, r.verbose) == (
-        DEFAULT_ENV, "smollm2-135m", "vllm", 1, 1, 1.0, 128, None)
+        DEFAULT_ENV, "smollm2-135m", "vllm", 1, 1, 1.0, 64, None)
     r = parser.parse_args(["rollout", "--episodes", "5", "--base-url", "http://a", "--base-url", "http://b",
                            "--env-arg", "max_steps=3", "--env-arg", "low=2", "-q"])
     assert r.num_tasks == 5 and r.base_url == ["http://a", "http://b"] and r.env_arg == ["max_steps=3", "low=2"]

@@ -44,7 +44,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="use a custom policy: FACTORY(model) must return a Policy (overrides --backend)")
     p.add_argument("-n", "--num-tasks", "--episodes", dest="num_tasks", type=int, default=1, help="number of tasks (default 1)")
     p.add_argument("--seed", type=int, default=0, help="reset seed of the first task; task i uses seed + i (default 0)")
-    p.add_argument("--max-tokens", type=int, default=128, help="maximum response tokens per step (default 128)")
+    p.add_argument("--max-tokens", type=int, default=64, help="maximum response tokens per step (default 64)")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--output", "-o", type=Path, default=None, help="JSONL file (default runs/<command>-<env>-<time>.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue --output: skip trajectory ids already in it")

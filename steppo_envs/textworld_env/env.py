@@ -72,7 +72,7 @@ class TextWorldConfig:
     cache_dir: str | None = None
     pregenerate: bool = False
     progress: bool = True
-    max_steps: int = 30
+    max_steps: int = 20
     budget_chars: int = 6000
     history_window: int = 5
     history_result_chars: int = 300
