@@ -18,11 +18,11 @@ from typing import Any
 import gymnasium as gym
 
 from steppo_envs.config import ConfigError, build_config
-from steppo_envs.contract import StepInfo, make_info, optional_import, text_space
+from steppo_envs.contract import StepInfo, optional_import, text_space
 from steppo_envs.paths import resolve_data_dir
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
 from steppo_envs.textworld_env.env import episode_settings
-from steppo_envs.textworld_env.episode import GameEpisode
+from steppo_envs.textworld_env.episode import GameEpisode, pick_game_index
 from steppo_envs.tools import ToolSpec
 
 __all__ = ["SPLITS", "SUBDIR", "SYSTEM_PROMPT", "TASK_TYPES", "ALFWorldConfig", "ALFWorldEnv", "AlfGame", "list_games"]
@@ -187,16 +187,7 @@ class ALFWorldEnv(gym.Env[str, str]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
         """Start an episode on a game drawn uniformly (``options={"game_index": i}`` picks game ``i``)."""
         super().reset(seed=seed)
-        options = options or {}
-        unknown = sorted(set(options) - {"game_index"})
-        if unknown:
-            raise ConfigError(f"unknown reset option(s) {', '.join(unknown)}: the only option is 'game_index'.")
-        if "game_index" in options:
-            index = int(options["game_index"])
-            if not 0 <= index < len(self.games):
-                raise ConfigError(f"game_index {index} is out of range: use 0..{len(self.games) - 1}.")
-        else:
-            index = int(self.np_random.integers(len(self.games)))
+        index = pick_game_index(options, len(self.games), self.np_random)
         self._game = self.games[index]
         self._episode.start(self._game.path)
         self._obs = self._episode.render()
@@ -214,27 +205,10 @@ class ALFWorldEnv(gym.Env[str, str]):
 
     def _info(self, parsed: Any, valid: bool, feedback: str | None, extra: dict[str, Any]) -> StepInfo:
         assert self._game is not None
-        ep = self._episode
-        extra = {
-            "task_type": self._game.task_type,
-            "game_file": str(self._game.path),
-            "admissible_commands": list(ep.admissible or []),
-            **extra,
-        }
-        if self.config.expert:
-            extra["expert_command"] = ep.expert_command()
-        return make_info(
-            task_id=self._game.id,
-            system_prompt=self.system_prompt,
-            tools=self.tools,
-            step=ep.step_count,
-            max_steps=self.config.max_steps,
-            action=parsed,
-            valid=valid,
-            feedback=feedback,
-            metrics=ep.metrics(),
-            success=ep.won,
-            extra=extra,
+        return self._episode.info(
+            task_id=self._game.id, system_prompt=self.system_prompt, max_steps=self.config.max_steps,
+            expert=self.config.expert, parsed=parsed, valid=valid, feedback=feedback,
+            extra={"task_type": self._game.task_type, "game_file": str(self._game.path), **extra},
         )
 
     def render(self) -> str | None:

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steppo_envs.contract import optional_import
+from steppo_envs.actions import ParsedAction
+from steppo_envs.config import ConfigError
+from steppo_envs.contract import StepInfo, make_info, optional_import
 from steppo_envs.textworld_env.common import (
     CommandChoice,
     HistoryEntry,
@@ -186,6 +188,28 @@ class GameEpisode:
             "steps": float(self.step_count),
         }
 
+    def info(
+        self,
+        *,
+        task_id: str,
+        system_prompt: str,
+        max_steps: int,
+        expert: bool,
+        parsed: ParsedAction | None,
+        valid: bool,
+        feedback: str | None,
+        extra: dict[str, Any],
+    ) -> StepInfo:
+        """The contract's ``info`` for this episode's current state (``expert`` adds the expert's next command)."""
+        extra = {"admissible_commands": list(self.admissible or []), **extra}
+        if expert:
+            extra["expert_command"] = self.expert_command()
+        return make_info(
+            task_id=task_id, system_prompt=system_prompt, tools=self.tools, step=self.step_count,
+            max_steps=max_steps, action=parsed, valid=valid, feedback=feedback, metrics=self.metrics(),
+            success=self.won, extra=extra,
+        )
+
     def render(self, feedback: str | None = None) -> str:
         s = self.settings
         inventory = self._state.get("inventory") if self._inventory_infos and self._state is not None else None
@@ -237,3 +261,17 @@ class GameEpisode:
         truncated = not terminated and self.step_count >= s.max_steps
         self.done = terminated or truncated
         return StepResult(self.render(feedback), float(reward), terminated, truncated, choice, valid, feedback)
+
+
+def pick_game_index(options: dict[str, Any] | None, n_games: int, np_random: Any) -> int:
+    """The game of a reset: ``options["game_index"]`` when given (checked), else uniform from ``np_random``."""
+    options = options or {}
+    unknown = sorted(set(options) - {"game_index"})
+    if unknown:
+        raise ConfigError(f"unknown reset option(s) {', '.join(unknown)}: the only option is 'game_index'.")
+    if "game_index" not in options:
+        return int(np_random.integers(n_games))
+    index = int(options["game_index"])
+    if not 0 <= index < n_games:
+        raise ConfigError(f"game_index {index} is out of range: use 0..{n_games - 1}.")
+    return index
