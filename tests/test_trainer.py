@@ -25,28 +25,39 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
+TEXTWORLD = {"preset": "simple", "level": 1, "pool_size": 2, "max_steps": 3, "expert": True}
+
+
 class MixedPolicy:
-    """Half the episodes from the tiny model (HF backend), half from the scripted toy policy, so that
+    """Each step answered by the tiny model (HF backend) or by the env's expert, by seed parity, so that
     samples of one task get different returns (group baselines need reward variance to move weights)."""
+
+    wants_infos = True
 
     def __init__(self, tiny: Path) -> None:
         from steppo_agent.policies import PolicyConfig, make_policy
+        from steppo_agent.policies.expert import ExpertPolicy
 
         self.model_policy = make_policy(PolicyConfig(backend="hf", model=str(tiny)))
-        self.scripted = toy_env.make_fake_policy()
+        self.expert = ExpertPolicy(str(tiny))
         self.backend, self.model, self.version = "mixed", str(tiny), 0
         self.tokenizer, self.max_model_len = self.model_policy.tokenizer, self.model_policy.max_model_len
         self.pushes = 0
 
-    def generate(self, prompts, sampling, seeds=None):  # type: ignore[no-untyped-def]
+    def generate(self, prompts, sampling, seeds=None, infos=None):  # type: ignore[no-untyped-def]
         seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         pick = [int(s or 0) % 2 for s in seeds]
         out: list = [None] * len(prompts)
-        for which, policy in ((0, self.model_policy), (1, self.scripted)):
-            idx = [i for i, k in enumerate(pick) if k == which]
-            if idx:
-                for i, g in zip(idx, policy.generate([prompts[i] for i in idx], sampling, [seeds[i] for i in idx]), strict=True):
-                    out[i] = g
+        model_idx = [i for i, k in enumerate(pick) if k == 0]
+        expert_idx = [i for i, k in enumerate(pick) if k == 1]
+        if model_idx:
+            gens = self.model_policy.generate([prompts[i] for i in model_idx], sampling, [seeds[i] for i in model_idx])
+            for i, g in zip(model_idx, gens, strict=True):
+                out[i] = g
+        if expert_idx:
+            gens = self.expert.generate([prompts[i] for i in expert_idx], sampling, None, [infos[i] for i in expert_idx])
+            for i, g in zip(expert_idx, gens, strict=True):
+                out[i] = g
         return out
 
     def load_weights(self, state_dict):  # type: ignore[no-untyped-def]
@@ -59,7 +70,7 @@ class MixedPolicy:
 
 def _config(tiny: Path, algo: str, out: Path, **extra: object):
     base = dict(
-        model=str(tiny), env_id=toy_env.ENV_ID, backend="hf", iterations=1, tasks_per_iteration=2, group_size=2,
+        model=str(tiny), env_id="steppo/TextWorld-v0", env_kwargs=TEXTWORLD, backend="hf", iterations=1, tasks_per_iteration=2, group_size=2,
         max_tokens=16, output_dir=str(out), minibatch_size=64, token_budget=4096, actor_lr=1e-3, critic_lr=1e-3,
         save_every=1,
     )
@@ -69,8 +80,8 @@ def _config(tiny: Path, algo: str, out: Path, **extra: object):
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_one_iteration_changes_every_parameter(tiny: Path, tmp_path: Path, algo: str) -> None:
-    # a wide range and few guesses: some samples of a task win, others do not (reward variance)
-    config = _config(tiny, algo, tmp_path / algo, env_kwargs={"high": 64, "max_steps": 3}, tasks_per_iteration=3)
+    # one full iteration on a bundled env (TextWorld), the tiny model mixed with the expert
+    config = _config(tiny, algo, tmp_path / algo, tasks_per_iteration=3)
     before_actor = {k: v.clone() for k, v in load_actor(ModelConfig(str(tiny))).named_parameters()}
     policy = MixedPolicy(tiny)
     result = train(config, policy=policy)
