@@ -203,6 +203,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
 
     # the rollout policy (rank 0 only) or the offline pool
     offline: list[Trajectory] = []
+    owns_policy = False
     if config.from_trajectories:
         from steppo_agent.trajectory_io import read_trajectories
 
@@ -216,6 +217,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
             backend=config.backend, model=config.model, max_model_len=config.max_model_len,
             **({"base_urls": config.base_urls} if config.base_urls else {}),
         ))
+        owns_policy = True
     if policy is not None and state.next_iteration > 0:
         _push(policy, actor)
 
@@ -337,6 +339,8 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
                 save_checkpoint(out_dir, iteration, state, actor, optimizers, critic, tokenizer=tokenizer, config=config.to_dict())
     if logger is not None:
         logger.close()
+    if owns_policy:
+        policy.close()
     if world > 1:
         dist.barrier()
     return TrainResult(out_dir, actor, critic)

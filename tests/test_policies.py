@@ -267,3 +267,23 @@ def test_malformed_answers_become_error_generations(default_model_dir: str, fake
     assert gens[0].text == policy.tokenizer.decode([28, 29], skip_special_tokens=True)
     for gen in gens[1:]:
         assert gen.finish_reason == "error" and gen.token_ids == [] and gen.logprobs == []
+
+
+@pytest.mark.vllm
+def test_vllm_engine_starts_after_numba_is_imported(default_model_dir: str) -> None:
+    """Regression: ``import bm25s`` loads numba/llvmlite, whose ffi object broke vLLM's start-up module scan."""
+    import subprocess
+    import sys
+
+    code = (
+        "import bm25s, sys\n"
+        "from steppo_agent.policies import PolicyConfig, make_policy\n"
+        "from steppo_agent.records import SamplingConfig\n"
+        f"p = make_policy(PolicyConfig(backend='vllm', model={default_model_dir!r}))\n"
+        "assert 'llvmlite.binding.ffi' in sys.modules\n"
+        "g = p.generate([p.tokenizer.encode('Hello')], SamplingConfig(temperature=0, max_tokens=4))\n"
+        "assert g[0].finish_reason in ('stop', 'length'), g\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -12,13 +12,15 @@ a temporary copy of the model folder with the new weights (slower: ~5 s in-proce
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,21 @@ from steppo_agent.records import SamplingConfig
 __all__ = ["VLLMPolicy"]
 
 log = logging.getLogger(__name__)
+
+# Modules holding objects that break vLLM's start-up scan of every module namespace: llvmlite's
+# ``ffi.lib`` (imported with numba, e.g. by bm25s) forwards ``__dict__`` to a C function, so
+# ``vars(lib).get`` raises AttributeError inside ``vllm.LLM(...)``.
+_SCAN_UNSAFE_MODULES = ("llvmlite.binding.ffi",)
+
+
+@contextlib.contextmanager
+def _hidden_from_vllm_module_scan() -> Iterator[None]:
+    """Take the scan-unsafe modules out of ``sys.modules`` while the engine starts, then put them back."""
+    hidden = {name: sys.modules.pop(name) for name in _SCAN_UNSAFE_MODULES if name in sys.modules}
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 class VLLMPolicy:
@@ -95,7 +112,8 @@ class VLLMPolicy:
         from vllm import LLM
 
         started = time.perf_counter()
-        llm = LLM(model=path, tokenizer=self.model_path, **self._engine_kwargs)
+        with _hidden_from_vllm_module_scan():
+            llm = LLM(model=path, tokenizer=self.model_path, **self._engine_kwargs)
         self.start_seconds = time.perf_counter() - started
         return llm
 
