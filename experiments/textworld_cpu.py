@@ -23,17 +23,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from steppo_agent.policies.expert import ExpertPolicy
-from steppo_agent.records import SamplingConfig
-from steppo_agent.rollout import RolloutConfig, run_rollout
 from steppo_agent.trajectory_io import read_trajectories
-from steppo_train.config import load_config
 from steppo_train.evaluation import summarize
 from steppo_train.logging_utils import plot_metrics
-from steppo_train.trainer import train
+
+STEPPO = [sys.executable, "-m", "steppo_agent.cli"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,18 +65,28 @@ SMOKE = Experiment(train_pool=4, eval_pool=4, expert_episodes=4, sft_iterations=
                    tasks_per_iteration=2, group_size=2, eval_every=1)
 
 
-def _env(exp: Experiment, pool: str, size: int, **extra: object) -> dict:
-    return {**exp.env, "pool": pool, "pool_size": size, **extra}
+def _env_args(env: dict) -> list[str]:
+    return [x for k, v in env.items() for x in ("--env-arg", f"{k}={json.dumps(v)}")]
+
+
+def _run(cmd: list[str], out: Path) -> float:
+    """Run one stage in its own process (memory is returned between stages); log the command line."""
+    line = shlex.join(["steppo", *cmd[len(STEPPO):]])
+    print(f"\n$ {line}", flush=True)
+    with open(out / "commands.sh", "a") as f:
+        f.write(line + "\n")
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    return time.time() - t0
 
 
 def stage_expert(exp: Experiment, out: Path) -> Path:
     path = out / "expert.jsonl"
     if not path.exists():
-        run_rollout(ExpertPolicy(exp.model), RolloutConfig(
-            env_id="steppo/TextWorld-v0", env_kwargs=_env(exp, "train", exp.train_pool, expert=True),
-            num_tasks=exp.expert_episodes, seed=exp.seed, sampling=SamplingConfig(temperature=0.0, max_tokens=exp.max_tokens),
-            output=path,
-        ))
+        env = {**exp.env, "pool": "train", "pool_size": exp.train_pool, "expert": True}
+        _run([*STEPPO, "rollout", "--backend", "expert", "--model", exp.model, "--env", "steppo/TextWorld-v0",
+              *_env_args(env), "-n", str(exp.expert_episodes), "--temperature", "0", "--max-tokens", str(exp.max_tokens),
+              "-q", "-o", str(path)], out)
     return path
 
 
@@ -84,27 +94,19 @@ def stage_sft(exp: Experiment, out: Path, records: Path) -> str:
     run = out / "sft"
     final = run / "checkpoints" / f"iter_{exp.sft_iterations - 1:06d}" / "actor"
     if not final.exists():
-        train(load_config("sft", overrides=dict(
-            model=exp.model, from_trajectories=[str(records)], iterations=exp.sft_iterations, tasks_per_iteration=16,
-            group_size=1, actor_lr=exp.sft_lr, output_dir=str(run), save_every=exp.sft_iterations, seed=exp.seed,
-        )))
+        _run([*STEPPO, "train", "--algo", "sft", "--model", exp.model, "--from-trajectories", str(records),
+              "--iterations", str(exp.sft_iterations), "--tasks", "16", "--group-size", "1", "--output-dir", str(run),
+              "--seed", str(exp.seed), "--set", f"actor_lr={exp.sft_lr}", f"save_every={exp.sft_iterations}"], out)
     return str(final)
 
 
 def evaluate(exp: Experiment, model: str, out: Path, name: str) -> dict:
-    from steppo_agent.policies import PolicyConfig, make_policy
-
     path = out / "eval" / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        policy = make_policy(PolicyConfig(backend="vllm", model=model))
-        try:
-            run_rollout(policy, RolloutConfig(
-                env_id="steppo/TextWorld-v0", env_kwargs=_env(exp, "eval", exp.eval_pool), num_tasks=exp.eval_pool,
-                seed=1_000_000, sampling=SamplingConfig(temperature=0.0, max_tokens=exp.max_tokens), output=path,
-            ))
-        finally:
-            policy.close()
+        env = {**exp.env, "pool": "eval", "pool_size": exp.eval_pool}
+        _run([*STEPPO, "eval", "--model", model, "--env", "steppo/TextWorld-v0", *_env_args(env),
+              "-n", str(exp.eval_pool), "--seed", "1000000", "--max-tokens", str(exp.max_tokens), "-q", "-o", str(path)], out)
     s = summarize(read_trajectories(path))
     return {"success": s.success_rate, "ci": s.success_ci, "return": s.return_mean, "steps": s.steps_mean,
             "invalid": s.invalid_rate}
@@ -113,20 +115,15 @@ def evaluate(exp: Experiment, model: str, out: Path, name: str) -> dict:
 def stage_rl(exp: Experiment, out: Path, warm: str, algo: str) -> Path:
     run = out / algo
     if not (run / "done.json").exists():
-        t0 = time.time()
-        result = train(load_config(algo, overrides=dict(
-            model=warm, env_id="steppo/TextWorld-v0", env_kwargs=_env(exp, "train", exp.train_pool),
-            eval_env_kwargs={"pool": "eval", "pool_size": exp.eval_pool}, eval_tasks=exp.eval_pool,
-            eval_every=exp.eval_every, iterations=exp.rl_iterations, tasks_per_iteration=exp.tasks_per_iteration,
-            group_size=exp.group_size, max_tokens=exp.max_tokens, actor_lr=exp.actor_lr, critic_lr=exp.critic_lr,
-            output_dir=str(run), save_every=exp.rl_iterations, seed=exp.seed, resume=True,
-        )))
-        import resource
-
-        (run / "done.json").write_text(json.dumps({
-            "wall_s": time.time() - t0, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "metrics": str(result.metrics_path),
-        }))
+        env = {**exp.env, "pool": "train", "pool_size": exp.train_pool}
+        sets = {"eval_env_kwargs": {"pool": "eval", "pool_size": exp.eval_pool}, "eval_tasks": exp.eval_pool,
+                "eval_every": exp.eval_every, "actor_lr": exp.actor_lr, "critic_lr": exp.critic_lr,
+                "save_every": exp.rl_iterations}
+        wall = _run([*STEPPO, "train", "--algo", algo, "--model", warm, "--env", "steppo/TextWorld-v0", *_env_args(env),
+                     "--iterations", str(exp.rl_iterations), "--tasks", str(exp.tasks_per_iteration),
+                     "--group-size", str(exp.group_size), "--max-tokens", str(exp.max_tokens), "--seed", str(exp.seed),
+                     "--output-dir", str(run), "--resume", "--set", *[f"{k}={json.dumps(v)}" for k, v in sets.items()]], out)
+        (run / "done.json").write_text(json.dumps({"wall_s": wall}))
     return run
 
 
@@ -148,6 +145,9 @@ def main() -> None:
         runs[algo] = run / "metrics.jsonl"
         final = run / "checkpoints" / f"iter_{exp.rl_iterations - 1:06d}" / "actor"
         table[algo] = {**evaluate(exp, str(final), args.out, algo), **json.loads((run / "done.json").read_text())}
+        peaks = [json.loads(x).get("perf/peak_rss_gib") for x in (run / "metrics.jsonl").read_text().splitlines()]
+        if any(p is not None for p in peaks):
+            table[algo]["peak_rss_gib"] = max(p for p in peaks if p is not None)
     plot_metrics(runs, args.out / "learning_curves.png", title="TextWorld coin_collector, SmolLM2-135M from SFT")
     lines = ["| model | held-out success [95% CI] | return | steps | invalid rate | RL wall time | peak RSS |", "|---|---|---|---|---|---|---|"]
     for name, r in table.items():

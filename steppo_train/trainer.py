@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,6 +333,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
             metrics["time/update_s"] = t_update
             metrics["time/iteration_s"] = time.perf_counter() - t_start
             metrics["perf/update_tokens_per_s"] = n_tokens * config.ppo_epochs / max(t_update, 1e-9)
+            metrics["perf/peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
             assert logger is not None
             logger.log(iteration, {k: v for k, v in metrics.items() if math.isfinite(v)})
             plot_metrics({config.algo: out_dir / "metrics.jsonl"}, out_dir / "learning_curves.png", title=f"{config.algo} on {config.env_id}")
