@@ -91,8 +91,8 @@ def load_checkpoint(
     if real_missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model (missing {real_missing[:3]}, unexpected {unexpected[:3]}).")
     if critic is not None:
-        critic.load_state_dict(torch.load(path / "critic.pt", weights_only=True))
-    saved = torch.load(path / "optimizers.pt", weights_only=False)
+        critic.load_state_dict(torch.load(path / "critic.pt", weights_only=True, map_location="cpu"))
+    saved = torch.load(path / "optimizers.pt", weights_only=False, map_location="cpu")
     for name, opt in optimizers.items():
         opt.load_state_dict(saved[name])
     meta = json.loads((path / "state.json").read_text())

@@ -78,12 +78,13 @@ def _dist() -> tuple[int, int]:
 
 @torch.no_grad()
 def _batched(fn, prompts, responses, token_budget):  # type: ignore[no-untyped-def]
-    """Run ``fn(prompts_mb, responses_mb) -> list`` over micro-batches packed by token budget, in row order."""
+    """Run ``fn(prompts_mb, responses_mb) -> list`` over micro-batches packed by token budget, in row
+    order; results come back on the CPU (targets and logging live there)."""
     out: list = [None] * len(prompts)
     for mb in pack_microbatches(list(zip(prompts, responses, strict=True)), token_budget):
         res = fn([prompts[i] for i in mb], [responses[i] for i in mb])
         for i, r in zip(mb, res, strict=True):
-            out[i] = r
+            out[i] = r.detach().cpu()
     return out
 
 
@@ -153,7 +154,7 @@ def _offline_batch(config: TrainConfig, pool: list[Trajectory], iteration: int) 
 
 def _push(policy, actor: nn.Module) -> None:  # type: ignore[no-untyped-def]
     """Send the actor's weights to the rollout policy (in-process vLLM, HF, or a server by file path)."""
-    state = {k: v.detach() for k, v in actor.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in actor.state_dict().items()}
     if hasattr(policy, "load_weights"):
         policy.load_weights(state)
     elif hasattr(policy, "load_weights_from_path"):
@@ -180,8 +181,9 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model(config.model)
 
-    # models and optimizers
-    actor = load_actor(ModelConfig(model_path, config.dtype, config.gradient_checkpointing))
+    # models and optimizers (on this rank's GPU when there is one)
+    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    actor = load_actor(ModelConfig(model_path, config.dtype, config.gradient_checkpointing)).to(device)
     critic = (
         load_critic(ModelConfig(resolve_model(config.critic_model or config.model), config.dtype, config.gradient_checkpointing))
         if config.uses_critic
@@ -189,7 +191,8 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
     )
     if critic is not None:
         init_value_head(critic, config.seed)
-    reference = load_actor(ModelConfig(model_path, config.dtype)).eval() if config.kl_coef > 0 else None
+        critic.to(device)
+    reference = load_actor(ModelConfig(model_path, config.dtype)).to(device).eval() if config.kl_coef > 0 else None
     actor_params = [p for p in actor.parameters() if p.requires_grad]
     optimizers = {"actor": torch.optim.AdamW(actor_params, lr=config.actor_lr, weight_decay=config.weight_decay)}
     critic_params = [p for p in critic.parameters() if p.requires_grad] if critic is not None else []

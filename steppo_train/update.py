@@ -71,8 +71,9 @@ def pack_units(units: Sequence[Sequence[int]], batch: StepBatch, token_budget: i
 def pad_rows(rows: Sequence[Tensor], width: int | None = None) -> tuple[Tensor, Tensor]:
     """Right-pad 1-D tensors into ``[R, W]`` plus a bool mask."""
     W = max([width or 0] + [int(t.numel()) for t in rows] + [1])
-    out = torch.zeros(len(rows), W, dtype=rows[0].dtype if rows else torch.float32)
-    mask = torch.zeros(len(rows), W, dtype=torch.bool)
+    device = rows[0].device if rows else None
+    out = torch.zeros(len(rows), W, dtype=rows[0].dtype if rows else torch.float32, device=device)
+    mask = torch.zeros(len(rows), W, dtype=torch.bool, device=device)
     for i, t in enumerate(rows):
         out[i, : t.numel()] = t
         mask[i, : t.numel()] = True
@@ -103,23 +104,23 @@ def actor_loss(
 
     if config.algo == "gspo":  # one row per trajectory: concatenate its steps' tokens
         lp_new, mask = pad_rows([torch.cat([new[pos[r]] for r in data.units[u]]) for u in unit_ids])
-        lp_old, _ = pad_rows([torch.cat([data.old_logprobs[r] for r in data.units[u]]) for u in unit_ids])
-        adv = torch.stack([data.targets.step_advantages[data.units[u][0]] for u in unit_ids])  # type: ignore[index]
+        lp_old = pad_rows([torch.cat([data.old_logprobs[r] for r in data.units[u]]) for u in unit_ids])[0].to(lp_new.device)
+        adv = torch.stack([data.targets.step_advantages[data.units[u][0]] for u in unit_ids]).to(lp_new.device)  # type: ignore[index]
         pg, st = L.gspo_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
         loss = pg * unit_weight
     else:
         lp_new, mask = pad_rows(new)
-        lp_old, _ = pad_rows([data.old_logprobs[r] for r in rows], lp_new.shape[1])
+        lp_old = pad_rows([data.old_logprobs[r] for r in rows], lp_new.shape[1])[0].to(lp_new.device)
         if config.algo == "sft":
             pg = -L.masked_mean(lp_new, mask)
             st = None
             loss = pg * token_weight
         elif config.algo == "steppo":
-            adv = data.targets.step_advantages[torch.tensor(rows)]  # type: ignore[index]
+            adv = data.targets.step_advantages[torch.tensor(rows)].to(lp_new.device)  # type: ignore[index]
             pg, st = L.steppo_policy_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
             loss = pg * unit_weight
         else:
-            adv_tok, _ = pad_rows([data.targets.token_advantages[r] for r in rows], lp_new.shape[1])
+            adv_tok = pad_rows([data.targets.token_advantages[r] for r in rows], lp_new.shape[1])[0].to(lp_new.device)
             pg, st = L.ppo_token_loss(lp_new, lp_old, adv_tok, mask, config.clip_low, config.clip_high)
             loss = pg * token_weight
     logged["losses/policy"] = float(pg.detach()) * (unit_weight if config.algo in ("steppo", "gspo") else token_weight)
@@ -128,7 +129,7 @@ def actor_loss(
         logged["losses/approx_kl"] = st.approx_kl * token_weight
     if config.kl_coef > 0 and data.ref_logprobs is not None:
         lp_flat, m_flat = pad_rows(new)
-        ref, _ = pad_rows([data.ref_logprobs[r] for r in rows], lp_flat.shape[1])
+        ref = pad_rows([data.ref_logprobs[r] for r in rows], lp_flat.shape[1])[0].to(lp_flat.device)
         kl = L.kl_penalty(lp_flat, ref, m_flat)
         loss = loss + config.kl_coef * kl * token_weight
         logged["losses/kl_ref"] = float(kl.detach()) * token_weight
@@ -153,13 +154,14 @@ def critic_loss(
     if config.algo == "steppo":
         v = values_at_last_prompt_token(critic, [b.prompt_ids[r] for r in rows])  # type: ignore[arg-type]
         idx = torch.tensor(list(rows))
-        loss, st = L.value_loss(v, t.old_values[idx], t.returns[idx], torch.ones_like(v, dtype=torch.bool), config.value_clip)  # type: ignore[index]
+        old, ret = t.old_values[idx].to(v.device), t.returns[idx].to(v.device)  # type: ignore[index]
+        loss, st = L.value_loss(v, old, ret, torch.ones_like(v, dtype=torch.bool), config.value_clip)
         weight = len(rows) / max(1, minibatch_rows)
     else:
         vs = values_at_action_tokens(critic, [b.prompt_ids[r] for r in rows], [b.response_ids[r] for r in rows])  # type: ignore[arg-type]
         v, mask = pad_rows(vs)
-        old, _ = pad_rows([t.old_values[r] for r in rows], v.shape[1])  # type: ignore[index]
-        ret, _ = pad_rows([t.returns[r] for r in rows], v.shape[1])  # type: ignore[index]
+        old = pad_rows([t.old_values[r] for r in rows], v.shape[1])[0].to(v.device)  # type: ignore[index]
+        ret = pad_rows([t.returns[r] for r in rows], v.shape[1])[0].to(v.device)  # type: ignore[index]
         loss, st = L.value_loss(v, old, ret, mask, config.value_clip)
         weight = int(mask.sum()) / max(1, minibatch_tokens)
     return loss * weight, {"losses/value": float(loss.detach()) * weight, "losses/value_clip_fraction": st.clip_fraction * weight}
