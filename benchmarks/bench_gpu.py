@@ -34,7 +34,7 @@ def build_model(path: Path, tiny: bool) -> Path:
     if (path / "config.json").exists():
         return path
     tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2) if tiny else \
+    shape = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1) if tiny else \
         dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8)
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=True,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **shape)
@@ -66,7 +66,7 @@ def main() -> None:
     from steppo_train.targets import RowTargets
     from steppo_train.update import IterationData, actor_loss, make_units, pack_units
 
-    model_dir = build_model(args.model_dir / ("tiny" if args.tiny else "llama-1b"), args.tiny)
+    model_dir = build_model(args.model_dir / ("tiny-hd64" if args.tiny else "llama-1b"), args.tiny)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
     g = torch.Generator().manual_seed(0)
@@ -87,13 +87,7 @@ def main() -> None:
     rows = args.rows
     p_ids = prompts[:rows] if rows <= len(prompts) else (prompts * (rows // len(prompts) + 1))[:rows]
     r_ids = [torch.randint(100, 40000, (args.new_tokens,), generator=g).tolist() for _ in range(rows)]
-    batch = StepBatch(
-        prompt_ids=p_ids, response_ids=r_ids, rollout_logprobs=[[0.0] * len(r) for r in r_ids],
-        traj_index=torch.arange(rows), step_index=torch.zeros(rows, dtype=torch.long), rewards=torch.zeros(rows, 1),
-        step_mask=torch.ones(rows, 1, dtype=torch.bool), terminated=torch.ones(rows, dtype=torch.bool),
-        truncated=torch.zeros(rows, dtype=torch.bool), group_ids=torch.arange(rows),
-        anchor_ids=torch.zeros(rows, 1, dtype=torch.long), returns=torch.zeros(rows),
-    )
+    batch = StepBatch.from_rows(p_ids, r_ids)
     adv = torch.linspace(-1, 1, rows)
     config = load_config("steppo", overrides={"token_budget": args.token_budget})
     data = IterationData(batch, [torch.full((len(r),), -5.0, device=device) for r in r_ids],

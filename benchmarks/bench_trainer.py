@@ -70,13 +70,7 @@ def _phase(args: argparse.Namespace) -> dict[str, float]:
     else:
         config = load_config("steppo", overrides={"token_budget": args.token_budget, "model": path})
         n = len(prompts)
-        batch = StepBatch(
-            prompt_ids=prompts, response_ids=responses, rollout_logprobs=[[0.0] * len(r) for r in responses],
-            traj_index=torch.arange(n), step_index=torch.zeros(n, dtype=torch.long), rewards=torch.zeros(n, 1),
-            step_mask=torch.ones(n, 1, dtype=torch.bool), terminated=torch.ones(n, dtype=torch.bool),
-            truncated=torch.zeros(n, dtype=torch.bool), group_ids=torch.arange(n),
-            anchor_ids=torch.zeros(n, 1, dtype=torch.long), returns=torch.zeros(n),
-        )
+        batch = StepBatch.from_rows(prompts, responses)
         adv = torch.linspace(-1, 1, n)
         targets = RowTargets([adv[i].expand(len(r)).clone() for i, r in enumerate(responses)], adv, None, None)
         old = [torch.full((len(r),), -5.0) for r in responses]

@@ -58,6 +58,19 @@ class StepBatch:
     def num_trajectories(self) -> int:
         return int(self.rewards.shape[0])
 
+    @classmethod
+    def from_rows(cls, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> StepBatch:
+        """A batch of one-step trajectories from raw id lists (benchmarks, offline experiments):
+        zero rewards and rollout logprobs, each row its own terminated trajectory and group."""
+        n = len(prompt_ids)
+        return cls(
+            prompt_ids=prompt_ids, response_ids=response_ids, rollout_logprobs=[[0.0] * len(r) for r in response_ids],
+            traj_index=torch.arange(n), step_index=torch.zeros(n, dtype=torch.int64), rewards=torch.zeros(n, 1),
+            step_mask=torch.ones(n, 1, dtype=torch.bool), terminated=torch.ones(n, dtype=torch.bool),
+            truncated=torch.zeros(n, dtype=torch.bool), group_ids=torch.arange(n),
+            anchor_ids=torch.zeros(n, 1, dtype=torch.int64), returns=torch.zeros(n),
+        )
+
     def rows_to_steps(self, per_row: torch.Tensor) -> torch.Tensor:
         """Scatter a ``[rows]`` tensor into ``[B, T]`` (zeros where there is no step)."""
         out = torch.zeros(self.rewards.shape, dtype=per_row.dtype)
