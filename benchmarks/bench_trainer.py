@@ -5,7 +5,9 @@ their peak memory (max RSS) is measured separately. "Raw" is the plain HF recipe
 full logits, log_softmax, gather the response tokens, mean, backward, AdamW step. "Trainer" is
 steppo's StepPO actor update (``steppo_train.update.actor_loss`` over token-budget micro-batches,
 backward, clip, AdamW step), critic excluded. Reports median tokens/s over repeats and the ratio
-(goal >= 0.8).
+(goal >= 0.8). Two more trainer phases show the CPU speed options side by side: ``amp`` (bfloat16
+autocast over float32 weights) and ``amp+top8`` (also only the top 8 blocks trainable), with their
+speed-up over the float32 trainer.
 
     python benchmarks/bench_trainer.py                 # the default model (SmolLM2-135M)
     python benchmarks/bench_trainer.py --rows 8 --prompt 256 --response 64 --repeats 3
@@ -43,11 +45,12 @@ def _phase(args: argparse.Namespace) -> dict[str, float]:
 
     torch.set_num_threads(args.threads) if args.threads else None
     path = resolve_model(args.model)
-    actor = load_actor(ModelConfig(path))
+    amp = args.phase in ("amp", "amp+top8")
+    actor = load_actor(ModelConfig(path, trainable_layers=8 if args.phase == "amp+top8" else None))
     vocab = actor.config.vocab_size
     prompts, responses = _rows(args.rows, args.prompt, args.response, vocab)
     tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
-    opt = torch.optim.AdamW(actor.parameters(), lr=1e-6)
+    opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=1e-6)
     times = []
     if args.phase == "raw":
         L = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
@@ -79,9 +82,10 @@ def _phase(args: argparse.Namespace) -> dict[str, float]:
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             for pack in pack_units(data.units, batch, config.token_budget):
-                loss, _ = actor_loss(config, actor, data, pack, len(data.units), n_tok)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    loss, _ = actor_loss(config, actor, data, pack, len(data.units), n_tok)
                 loss.backward()
-            torch.nn.utils.clip_grad_norm_(actor.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in actor.parameters() if p.requires_grad], 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
@@ -99,13 +103,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--token-budget", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--phase", choices=["raw", "trainer"], help=argparse.SUPPRESS)
+    ap.add_argument("--phase", choices=["raw", "trainer", "amp", "amp+top8"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
         print(json.dumps(_phase(args)))
         return
     results = {}
-    for phase in ("raw", "trainer"):
+    for phase in ("raw", "trainer", "amp", "amp+top8"):
         cmd = [sys.executable, __file__, "--phase", phase] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "phase"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[phase] = json.loads(out)
@@ -115,6 +119,8 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<10}{r['seconds_median']:>10.2f}{r['tokens_per_s']:>12.1f}{r['peak_rss_gib']:>14.2f}")
     print(f"ratio trainer/raw tokens/s = {tr['tokens_per_s'] / raw['tokens_per_s']:.2f} (goal >= 0.8)")
+    for name in ("amp", "amp+top8"):
+        print(f"speed-up {name} over the float32 trainer = {results[name]['tokens_per_s'] / tr['tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

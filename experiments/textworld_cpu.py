@@ -42,22 +42,25 @@ class Experiment:
 
     model: str = "smollm2-135m"
     env: dict = dataclasses.field(default_factory=lambda: {
-        "preset": "coin_collector", "level": 5, "max_steps": 8, "budget_chars": 1200,
-        "history_window": 2, "show_inventory": False,
+        "preset": "coin_collector", "level": 5, "max_steps": 8, "budget_chars": 1000,
+        "prompt_style": "compact", "show_inventory": False,
     })
     train_pool: int = 64
-    eval_pool: int = 48
+    eval_pool: int = 100
     expert_episodes: int = 64
-    sft_iterations: int = 40
-    sft_lr: float = 1e-5
+    sft_iterations: int = 8
+    sft_episodes: int = 16
+    sft_lr: float = 2e-5
     rl_algos: tuple[str, ...] = ("steppo", "ppo", "grpo")
-    rl_iterations: int = 24
+    rl_iterations: int = 30
     tasks_per_iteration: int = 4
     group_size: int = 4
     max_tokens: int = 16
     actor_lr: float = 2e-6
     critic_lr: float = 1e-5
-    eval_every: int = 6
+    trainable_layers: int | None = None
+    amp: bool = True
+    eval_every: int = 10
     seed: int = 0
 
 
@@ -83,7 +86,7 @@ def _run(cmd: list[str], out: Path) -> float:
 def stage_expert(exp: Experiment, out: Path) -> Path:
     path = out / "expert.jsonl"
     if not path.exists():
-        env = {**exp.env, "pool": "train", "pool_size": exp.train_pool, "expert": True}
+        env = {**exp.env, "pool": "train", "pool_size": exp.train_pool, "expert": True, "draw": "cycle"}
         _run([*STEPPO, "rollout", "--backend", "expert", "--model", exp.model, "--env", "steppo/TextWorld-v0",
               *_env_args(env), "-n", str(exp.expert_episodes), "--temperature", "0", "--max-tokens", str(exp.max_tokens),
               "-q", "-o", str(path)], out)
@@ -95,8 +98,9 @@ def stage_sft(exp: Experiment, out: Path, records: Path) -> str:
     final = run / "checkpoints" / f"iter_{exp.sft_iterations - 1:06d}" / "actor"
     if not final.exists():
         _run([*STEPPO, "train", "--algo", "sft", "--model", exp.model, "--from-trajectories", str(records),
-              "--iterations", str(exp.sft_iterations), "--tasks", "16", "--group-size", "1", "--output-dir", str(run),
-              "--seed", str(exp.seed), "--set", f"actor_lr={exp.sft_lr}", f"save_every={exp.sft_iterations}"], out)
+              "--iterations", str(exp.sft_iterations), "--tasks", str(exp.sft_episodes), "--group-size", "1",
+              "--output-dir", str(run), "--seed", str(exp.seed), "--set", f"actor_lr={exp.sft_lr}",
+              f"save_every={exp.sft_iterations}", f"amp={json.dumps(exp.amp)}"], out)
     return str(final)
 
 
@@ -104,7 +108,7 @@ def evaluate(exp: Experiment, model: str, out: Path, name: str) -> dict:
     path = out / "eval" / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        env = {**exp.env, "pool": "eval", "pool_size": exp.eval_pool}
+        env = {**exp.env, "pool": "eval", "pool_size": exp.eval_pool, "draw": "cycle"}
         _run([*STEPPO, "eval", "--model", model, "--env", "steppo/TextWorld-v0", *_env_args(env),
               "-n", str(exp.eval_pool), "--seed", "1000000", "--max-tokens", str(exp.max_tokens), "-q", "-o", str(path)], out)
     s = summarize(read_trajectories(path))
@@ -116,9 +120,9 @@ def stage_rl(exp: Experiment, out: Path, warm: str, algo: str) -> Path:
     run = out / algo
     if not (run / "done.json").exists():
         env = {**exp.env, "pool": "train", "pool_size": exp.train_pool}
-        sets = {"eval_env_kwargs": {"pool": "eval", "pool_size": exp.eval_pool}, "eval_tasks": exp.eval_pool,
+        sets = {"eval_env_kwargs": {"pool": "eval", "pool_size": exp.eval_pool, "draw": "cycle"}, "eval_tasks": exp.eval_pool,
                 "eval_every": exp.eval_every, "actor_lr": exp.actor_lr, "critic_lr": exp.critic_lr,
-                "save_every": exp.rl_iterations}
+                "save_every": exp.rl_iterations, "amp": exp.amp, "trainable_layers": exp.trainable_layers}
         wall = _run([*STEPPO, "train", "--algo", algo, "--model", warm, "--env", "steppo/TextWorld-v0", *_env_args(env),
                      "--iterations", str(exp.rl_iterations), "--tasks", str(exp.tasks_per_iteration),
                      "--group-size", str(exp.group_size), "--max-tokens", str(exp.max_tokens), "--seed", str(exp.seed),
@@ -132,6 +136,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/textworld_cpu"))
     ap.add_argument("--smoke", action="store_true", help="tiny budget: checks the pipeline in minutes")
     ap.add_argument("--algos", nargs="*", help="subset of rl_algos")
+    ap.add_argument("--no-rl", action="store_true", help="stop after the warm start and its evaluation")
     args = ap.parse_args()
     exp = SMOKE if args.smoke else Experiment()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +144,9 @@ def main() -> None:
     records = stage_expert(exp, args.out)
     warm = stage_sft(exp, args.out, records)
     table = {"untrained": evaluate(exp, exp.model, args.out, "untrained"), "sft": evaluate(exp, warm, args.out, "sft")}
+    print(json.dumps(table, indent=1))
+    if args.no_rl:
+        return
     runs = {}
     for algo in args.algos or exp.rl_algos:
         run = stage_rl(exp, args.out, warm, algo)

@@ -38,6 +38,7 @@ __all__ = [
     "response_token_stats",
     "values_at_action_tokens",
     "values_at_last_prompt_token",
+    "freeze_lower_layers",
 ]
 
 Dtype = Literal["fp32", "bf16", "float32", "bfloat16"]
@@ -67,6 +68,9 @@ class ModelConfig:
     dtype: Dtype = "fp32"
     gradient_checkpointing: bool = False
     value_head_init_std: float = 1e-2
+    trainable_layers: int | None = None
+    """Train only the top N transformer blocks and the final norm (and the critic's value head);
+    embeddings and the LM head stay frozen. ``None`` trains every weight."""
 
 
 def _torch_dtype(dtype: Dtype) -> torch.dtype:
@@ -82,11 +86,38 @@ def _enable_checkpointing(model: nn.Module) -> None:
         config.use_cache = False
 
 
+def freeze_lower_layers(decoder: nn.Module, trainable_layers: int) -> None:
+    """Freeze every parameter of ``decoder`` (an HF base transformer with ``.layers``) except the top
+    ``trainable_layers`` blocks and the final ``norm``. Frozen lower blocks need no backward pass, so a
+    step costs about ``forward + (N / L) * backward`` of the full model."""
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"trainable_layers needs a decoder with a `.layers` ModuleList ({type(decoder).__name__} has none): "
+            "leave trainable_layers unset to train every weight."
+        )
+    if not 1 <= trainable_layers <= len(layers):
+        raise ValueError(f"trainable_layers must be in 1..{len(layers)} for this model, not {trainable_layers}.")
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    for block in list(layers)[len(layers) - trainable_layers :]:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    norm = getattr(decoder, "norm", None)
+    if isinstance(norm, nn.Module):
+        for p in norm.parameters():
+            p.requires_grad_(True)
+
+
 def load_actor(config: ModelConfig) -> nn.Module:
     """Load the actor: ``AutoModelForCausalLM.from_pretrained(config.path, dtype=...)``."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(config.path, dtype=_torch_dtype(config.dtype))
+    if config.trainable_layers is not None:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        freeze_lower_layers(model.get_decoder(), config.trainable_layers)
     if config.gradient_checkpointing:
         _enable_checkpointing(model)
     return model
@@ -119,6 +150,8 @@ def load_critic(config: ModelConfig) -> Critic:
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(config.path, dtype=_torch_dtype(config.dtype))
+    if config.trainable_layers is not None:
+        freeze_lower_layers(backbone, config.trainable_layers)
     if config.gradient_checkpointing:
         _enable_checkpointing(backbone)
     return Critic(backbone, int(backbone.config.hidden_size), config.value_head_init_std)

@@ -183,9 +183,11 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
 
     # models and optimizers (on this rank's GPU when there is one)
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
-    actor = load_actor(ModelConfig(model_path, config.dtype, config.gradient_checkpointing)).to(device)
+    actor = load_actor(ModelConfig(model_path, config.dtype, config.gradient_checkpointing,
+                                   trainable_layers=config.trainable_layers)).to(device)
     critic = (
-        load_critic(ModelConfig(resolve_model(config.critic_model or config.model), config.dtype, config.gradient_checkpointing))
+        load_critic(ModelConfig(resolve_model(config.critic_model or config.model), config.dtype,
+                                config.gradient_checkpointing, trainable_layers=config.trainable_layers))
         if config.uses_critic
         else None
     )
@@ -225,6 +227,10 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
     if policy is not None and state.next_iteration > 0:
         _push(policy, actor)
 
+    def amp():  # type: ignore[no-untyped-def]
+        """bfloat16 autocast around forward passes (a no-op unless config.amp)."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
+
     logger = MetricsLogger(out_dir / "metrics.jsonl", tensorboard=config.tensorboard) if rank == 0 else None
     from transformers import AutoTokenizer
 
@@ -252,29 +258,38 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
 
         # 2. old logprobs with the trainer's weights; the gap to what the rollout engine sampled with
         actor.eval()
-        old_logprobs = _batched(lambda p, r: response_logprobs(actor, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
-        gaps = [(o - torch.tensor(s)).abs() for o, s in zip(old_logprobs, batch.rollout_logprobs, strict=True) if len(s) and len(s) == o.numel()]
+        if config.algo == "sft":  # maximum likelihood needs no old policy: skip the forward pass
+            old_logprobs = [torch.zeros(len(r)) for r in batch.response_ids]
+        else:
+            with amp():
+                old_logprobs = _batched(lambda p, r: response_logprobs(actor, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
+        gaps = [
+            (o - torch.tensor(s)).abs() for o, s in zip(old_logprobs, batch.rollout_logprobs, strict=True)
+            if len(s) and len(s) == o.numel() and config.algo != "sft"
+        ]
         if gaps:
             flat = torch.cat(gaps)
             metrics["rollout/logprob_gap_mean"] = float(flat.mean())
             metrics["rollout/logprob_gap_max"] = float(flat.max())
-        ref_logprobs = (
-            _batched(lambda p, r: response_logprobs(reference, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
-            if reference is not None
-            else None
-        )
+        with amp():
+            ref_logprobs = (
+                _batched(lambda p, r: response_logprobs(reference, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
+                if reference is not None
+                else None
+            )
 
         # 3. values
         step_values = token_values = None
         if critic is not None:
             critic.eval()
-            if config.algo == "steppo":
-                step_values = torch.stack(_batched(
-                    lambda p, r: list(values_at_last_prompt_token(critic, p)), batch.prompt_ids, batch.response_ids, config.token_budget
-                ))
-                metrics["charts/value_mean"] = float(step_values.mean())
-            else:
-                token_values = _batched(lambda p, r: values_at_action_tokens(critic, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
+            with amp():
+                if config.algo == "steppo":
+                    step_values = torch.stack(_batched(
+                        lambda p, r: list(values_at_last_prompt_token(critic, p)), batch.prompt_ids, batch.response_ids, config.token_budget
+                    ))
+                    metrics["charts/value_mean"] = float(step_values.mean())
+                else:
+                    token_values = _batched(lambda p, r: values_at_action_tokens(critic, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
 
         # 4. advantages
         targets = compute_targets(config, batch, step_values=step_values, token_values=token_values)
@@ -300,13 +315,15 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
                 packs = pack_units([data.units[u] for u in mb_units], batch, config.token_budget)
                 for pack in packs[rank::world]:
                     units = [mb_units[i] for i in pack]
-                    loss, logged = actor_loss(config, actor, data, units, len(mb_units), mb_tokens)
+                    with amp():
+                        loss, logged = actor_loss(config, actor, data, units, len(mb_units), mb_tokens)
                     loss.backward()
                     for k, v in logged.items():
                         sums[k] = sums.get(k, 0.0) + v
                     if critic is not None:
                         rows = [r for u in units for r in data.units[u]]
-                        vloss, vlogged = critic_loss(config, critic, data, rows, len(mb_rows), mb_tokens)
+                        with amp():
+                            vloss, vlogged = critic_loss(config, critic, data, rows, len(mb_rows), mb_tokens)
                         vloss.backward()
                         for k, v in vlogged.items():
                             sums[k] = sums.get(k, 0.0) + v

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import subprocess
@@ -230,3 +231,39 @@ def test_fuzz_actions(fuzz_env: gym.Env[str, str], action: str) -> None:
     json.dumps(info)
     if terminated or truncated:
         fuzz_env.reset()
+
+
+def test_compact_state_rendering_is_exact() -> None:
+    from steppo_envs.textworld_env.common import HistoryEntry, StateView, render_compact_state
+
+    view = StateView(
+        objective="Find the coin.", observation="> go west\n-= Closet =-", admissible=("go east", "look"),
+        history=(HistoryEntry("go north", "long text that is not shown"), HistoryEntry("go west", "-= Closet =-")),
+        inventory=None, step=2, max_steps=8, feedback=None,
+    )
+    assert render_compact_state(view, budget_chars=1000) == (
+        "## Objective\nFind the coin.\n\nStep 2 of 8.\n\n## Commands so far\ngo north, go west\n\n"
+        "## Observation\n> go west\n-= Closet =-\n\n## Admissible commands\ngo east, look"
+    )
+    bad = dataclasses.replace(view, feedback="Invalid action: no command.")
+    assert "## Feedback\nInvalid action: no command. Reply as Act[command]." in render_compact_state(bad, budget_chars=1000)
+
+
+@pytest.mark.slow
+def test_compact_prompt_style_passes_the_checker(tw_cache: str) -> None:
+    env = make(tw_cache, prompt_style="compact", preset="coin_collector", level=2)
+    steppo_envs.check_step_env(env)
+    obs, info = env.reset(seed=0)
+    assert info["tools"] == [] and "Act[command]" in info["system_prompt"]
+    obs, *_ , info = env.step("Act[look]")
+    assert "## Commands so far\nlook" in obs and "## Recent actions" not in obs
+
+
+@pytest.mark.slow
+def test_cycle_draw_plays_every_game_once(tw_cache: str) -> None:
+    env = make(tw_cache, pool_size=3, draw="cycle")
+    ids = [env.reset(seed=s)[1]["task_id"] for s in range(10, 13)]
+    assert sorted(ids) == ["simple-L1-seed0", "simple-L1-seed1", "simple-L1-seed2"]
+    assert env.reset(seed=13)[1]["task_id"] == ids[0]  # 13 % 3 == 10 % 3
+    with pytest.raises(steppo_envs.ConfigError, match="draw must be"):
+        make(tw_cache, draw="sequential")

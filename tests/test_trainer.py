@@ -103,6 +103,31 @@ def test_one_iteration_changes_every_parameter(tiny: Path, tmp_path: Path, algo:
     assert (tmp_path / algo / "learning_curves.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("algo", ["steppo", "ppo"])
+def test_amp_with_top_layers_trains_exactly_the_trainable_parameters(tiny: Path, tmp_path: Path, algo: str) -> None:
+    # bfloat16 autocast over float32 weights, only the top block (+ final norm) of actor and critic trainable
+    config = _config(tiny, algo, tmp_path / algo, tasks_per_iteration=3, amp=True, trainable_layers=1)
+    before = {k: v.clone() for k, v in load_actor(ModelConfig(str(tiny))).named_parameters()}
+    result = train(config, policy=MixedPolicy(tiny))
+    n_layers = len(result.actor.get_decoder().layers)
+    top = f"model.layers.{n_layers - 1}."
+    params = dict(result.actor.named_parameters())
+    trainable = {k for k, p in params.items() if p.requires_grad}
+    assert trainable == {k for k in params if k.startswith(top) or k == "model.norm.weight"}
+    assert all(p.dtype == torch.float32 for p in params.values())
+    assert all(not torch.equal(params[k], before[k]) for k in trainable)
+    assert all(torch.equal(params[k], before[k]) for k in params if k not in trainable)
+    assert result.critic is not None
+    critic_trainable = {k for k, p in result.critic.named_parameters() if p.requires_grad}
+    assert critic_trainable == {k for k, _ in result.critic.named_parameters()
+                                if k.startswith(f"backbone.layers.{n_layers - 1}.") or k in ("backbone.norm.weight", "value_head.weight", "value_head.bias")}
+
+
+def test_freeze_lower_layers_rejects_a_bad_count(tiny: Path) -> None:
+    with pytest.raises(ValueError, match="trainable_layers must be in 1.."):
+        load_actor(ModelConfig(str(tiny), trainable_layers=99))
+
+
 def test_resume_continues_identically(tiny: Path, tmp_path: Path) -> None:
     straight = train(_config(tiny, "steppo", tmp_path / "a", iterations=2, minibatch_size=4))
     train(_config(tiny, "steppo", tmp_path / "b", iterations=1, minibatch_size=4))
@@ -138,6 +163,8 @@ def test_offline_training_from_trajectory_files(tiny: Path, tmp_path: Path) -> N
         ({"nosuchfield": 1}, "valid options"),
         ({"max_tokens": 4096, "max_model_len": 2048}, "max_model_len"),
         ({"backend": "openai"}, "--base-url"),
+        ({"amp": True, "dtype": "bfloat16"}, "dtype=float32"),
+        ({"trainable_layers": 0}, "trainable_layers"),
     ],
 )
 def test_config_errors_name_the_fix(overrides: dict[str, object], message: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 
@@ -25,7 +25,7 @@ from steppo_envs.textworld_env.env import episode_settings
 from steppo_envs.textworld_env.episode import GameEpisode, pick_game_index
 from steppo_envs.tools import ToolSpec
 
-__all__ = ["SPLITS", "SUBDIR", "SYSTEM_PROMPT", "TASK_TYPES", "ALFWorldConfig", "ALFWorldEnv", "AlfGame", "list_games"]
+__all__ = ["SPLITS", "SUBDIR", "COMPACT_SYSTEM_PROMPT", "SYSTEM_PROMPT", "TASK_TYPES", "ALFWorldConfig", "ALFWorldEnv", "AlfGame", "list_games"]
 
 SUBDIR = "alfworld/json_2.1.1"
 SPLITS = ("train_subset", "valid_seen", "valid_unseen")
@@ -60,6 +60,8 @@ class ALFWorldConfig:
         show_admissible: include the admissible commands section.
         expert: run ALFWorld's PDDL planner every step and put its next command in
             ``info["extra"]["expert_command"]`` (slower).
+        prompt_style: ``"full"`` or ``"compact"`` (short system prompt, no tool list, commands so far on
+            one line; see ``TextWorldConfig``).
     """
 
     data_dir: str | None = None
@@ -75,6 +77,7 @@ class ALFWorldConfig:
     show_inventory: bool = False
     show_admissible: bool = True
     expert: bool = False
+    prompt_style: Literal["full", "compact"] = "full"
 
 
 SYSTEM_PROMPT = """You are a household robot in a text world. Each turn shows your task, what just happened, your recent
@@ -82,6 +85,9 @@ actions and the commands you can use now.
 Reply each turn with exactly one command, after any reasoning you want to write:
 <tool_call>{{"name": "act", "arguments": {{"command": "go to countertop 1"}}}}</tool_call> or Act[go to countertop 1]
 Use one of the admissible commands. The episode ends when the task is done (reward 1) or after {max_steps} steps."""
+
+COMPACT_SYSTEM_PROMPT = """You are a household robot in a text world. Reply with one admissible command, written as
+Act[command], for example Act[go to countertop 1]. The episode ends when the task is done or after {max_steps} steps."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,7 @@ def _validate(cfg: ALFWorldConfig) -> None:
         (cfg.max_command_chars >= 8, "max_command_chars must be at least 8"),
         (cfg.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
         (not isinstance(cfg.game_files, str) and not isinstance(cfg.task_types, str), "game_files and task_types must be lists"),
+        (cfg.prompt_style in ("full", "compact"), "prompt_style must be 'full' or 'compact'"),
     ]
     for ok, message in checks:
         if not ok:
@@ -177,7 +184,8 @@ class ALFWorldEnv(gym.Env[str, str]):
             _user_games(cfg.game_files) if cfg.game_files else list_games(cfg.data_dir, cfg.split, cfg.task_types)
         )
         self.tools: tuple[ToolSpec, ...] = (ACT_TOOL,)
-        self.system_prompt = SYSTEM_PROMPT.format(max_steps=cfg.max_steps)
+        prompt = COMPACT_SYSTEM_PROMPT if cfg.prompt_style == "compact" else SYSTEM_PROMPT
+        self.system_prompt = prompt.format(max_steps=cfg.max_steps)
         self.observation_space = text_space()
         self.action_space = text_space()
         self._episode = GameEpisode(episode_settings(cfg), self.tools, objective_fn=_objective, wrappers_fn=_wrappers)

@@ -41,6 +41,7 @@ __all__ = [
     "is_meta_command",
     "normalize",
     "read_command",
+    "render_compact_state",
     "render_state",
 ]
 
@@ -165,9 +166,14 @@ def render_state(
     budget_chars: int,
     history_result_chars: int,
     tools: Sequence[ToolSpec],
+    compact: bool = False,
 ) -> str:
     """The observation string: objective (never cut), step counter, feedback on an invalid step,
-    the latest game text, recent actions (oldest shrunk first), inventory and admissible commands."""
+    the latest game text, recent actions (oldest shrunk first), inventory and admissible commands.
+
+    ``compact`` renders the short state (:func:`render_compact_state`) instead."""
+    if compact:
+        return render_compact_state(view, budget_chars=budget_chars)
     sections = [Section(view.objective or "(no objective is given: explore and find what earns points)", "Objective", keep=True)]
     left = view.max_steps - view.step
     sections.append(Section(f"Step {view.step} of {view.max_steps} ({left} left).", keep=True))
@@ -184,4 +190,24 @@ def render_state(
         sections.append(Section(view.inventory, "Inventory", priority=3))
     if view.admissible is not None:
         sections.append(Section("\n".join(view.admissible), "Admissible commands", priority=4, min_chars=100))
+    return render_sections(sections, budget_chars)
+
+
+def render_compact_state(view: StateView, *, budget_chars: int) -> str:
+    """The short state for small models and CPU budgets (``prompt_style="compact"``): objective,
+    step counter, a one-line feedback on an invalid step, every command sent so far on one line
+    (the compressed history: oldest dropped first when over budget), the latest game text,
+    inventory and the admissible commands on one line."""
+    sections = [Section(view.objective or "(no objective is given: explore and find what earns points)", "Objective", keep=True)]
+    sections.append(Section(f"Step {view.step} of {view.max_steps}.", keep=True))
+    if view.feedback:
+        sections.append(Section(truncate_text(view.feedback, 200) + " Reply as Act[command].", "Feedback", keep=True))
+    if view.history:
+        done = ", ".join(h.command for h in view.history)
+        sections.append(Section(done, "Commands so far", priority=2, min_chars=40))
+    sections.append(Section(view.observation or "(nothing happens)", "Observation", priority=5, min_chars=200))
+    if view.inventory is not None:
+        sections.append(Section(view.inventory, "Inventory", priority=3))
+    if view.admissible is not None:
+        sections.append(Section(", ".join(view.admissible), "Admissible commands", priority=4, min_chars=100))
     return render_sections(sections, budget_chars)

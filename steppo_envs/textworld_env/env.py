@@ -11,7 +11,7 @@ See :mod:`steppo_envs.textworld_env.episode` for the exact step rules and docs/t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 
@@ -29,7 +29,7 @@ from steppo_envs.textworld_env.games import (
 )
 from steppo_envs.tools import ToolSpec
 
-__all__ = ["SYSTEM_PROMPT", "TextWorldConfig", "TextWorldEnv"]
+__all__ = ["COMPACT_SYSTEM_PROMPT", "SYSTEM_PROMPT", "TextWorldConfig", "TextWorldEnv"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,13 @@ class TextWorldConfig:
         show_admissible: include the admissible commands section.
         expert: re-plan each step and put the expert's next command in ``info["extra"]["expert_command"]``
             (slower: the planner runs every step).
+        draw: how reset picks a game: ``"random"`` (uniform from the env's RNG) or ``"cycle"``: reset with
+            seed ``s`` plays game ``s % pool_size``, so ``pool_size`` consecutive seeds play every game exactly
+            once (for evaluation); ``options={"game_index": i}`` overrides both.
+        prompt_style: ``"full"`` (sections with recent results, the tool list in ``info["tools"]``) or
+            ``"compact"``: a two-line system prompt, no tool list, every command so far on one line and
+            the admissible commands on one line (about 40% of the full prompt's tokens; for small
+            models and CPU training).
     """
 
     preset: str = "simple"
@@ -81,6 +88,8 @@ class TextWorldConfig:
     show_inventory: bool = True
     show_admissible: bool = True
     expert: bool = False
+    prompt_style: Literal["full", "compact"] = "full"
+    draw: Literal["random", "cycle"] = "random"
 
 
 SYSTEM_PROMPT = """You play a text adventure game. Each turn shows the objective, what just happened, your recent
@@ -89,6 +98,9 @@ Reply each turn with exactly one game command, after any reasoning you want to w
 <tool_call>{{"name": "act", "arguments": {{"command": "open wooden door"}}}}</tool_call> or Act[open wooden door]
 Prefer one of the admissible commands. Points come from progress towards the objective; the game ends
 when you win or lose, or after {max_steps} steps."""
+
+COMPACT_SYSTEM_PROMPT = """You play a text adventure game. Reply with one admissible command, written as Act[command],
+for example Act[go east]. The game ends when you win or after {max_steps} steps."""
 
 
 def _validate(cfg: TextWorldConfig) -> None:
@@ -103,6 +115,8 @@ def _validate(cfg: TextWorldConfig) -> None:
         (cfg.max_command_chars >= 8, "max_command_chars must be at least 8"),
         (cfg.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
         (not isinstance(cfg.game_files, str), "game_files must be a list of paths, not one string"),
+        (cfg.prompt_style in ("full", "compact"), "prompt_style must be 'full' or 'compact'"),
+        (cfg.draw in ("random", "cycle"), "draw must be 'random' or 'cycle'"),
     ]
     for ok, message in checks:
         if not ok:
@@ -121,6 +135,7 @@ def episode_settings(cfg: Any) -> EpisodeSettings:
         show_inventory=cfg.show_inventory,
         show_admissible=cfg.show_admissible,
         expert=cfg.expert,
+        compact=cfg.prompt_style == "compact",
     )
 
 
@@ -150,7 +165,8 @@ class TextWorldEnv(gym.Env[str, str]):
             else pool_refs(cfg.preset, cfg.level, cfg.pool, cfg.pool_size, root=cfg.cache_dir)
         )
         self.tools: tuple[ToolSpec, ...] = (ACT_TOOL,)
-        self.system_prompt = SYSTEM_PROMPT.format(max_steps=cfg.max_steps)
+        prompt = COMPACT_SYSTEM_PROMPT if cfg.prompt_style == "compact" else SYSTEM_PROMPT
+        self.system_prompt = prompt.format(max_steps=cfg.max_steps)
         self.observation_space = text_space()
         self.action_space = text_space()
         self._episode = GameEpisode(episode_settings(cfg), self.tools, objective_fn=_objective)
@@ -161,6 +177,8 @@ class TextWorldEnv(gym.Env[str, str]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
         """Start an episode on a game drawn from the pool (``options={"game_index": i}`` picks game ``i``)."""
         super().reset(seed=seed)
+        if self.config.draw == "cycle" and seed is not None and "game_index" not in (options or {}):
+            options = {**(options or {}), "game_index": seed % len(self.games)}
         index = pick_game_index(options, len(self.games), self.np_random)
         if self.config.pregenerate and not self._generated:
             ensure_games(self.games, progress=self.config.progress, desc=f"generating {self.config.preset} games")

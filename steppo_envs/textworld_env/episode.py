@@ -55,6 +55,8 @@ class EpisodeSettings:
     show_inventory: bool
     show_admissible: bool
     expert: bool
+    compact: bool = False
+    """Render the short state (all commands on one line, no per-step results) and advertise no tool list."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ class GameEpisode:
         if expert:
             extra["expert_command"] = self.expert_command()
         return make_info(
-            task_id=task_id, system_prompt=system_prompt, tools=self.tools, step=self.step_count,
+            task_id=task_id, system_prompt=system_prompt, tools=() if self.settings.compact else self.tools, step=self.step_count,
             max_steps=max_steps, action=parsed, valid=valid, feedback=feedback, metrics=self.metrics(),
             success=self.won, extra=extra,
         )
@@ -216,14 +218,18 @@ class GameEpisode:
         view = StateView(
             objective=self.objective,
             observation=self.observation,
-            history=tuple(self.history[-(s.history_window + 1) : -1]) if s.history_window > 0 else (),
+            history=(
+                tuple(self.history) if s.compact
+                else tuple(self.history[-(s.history_window + 1) : -1]) if s.history_window > 0 else ()
+            ),
             admissible=self.admissible if s.show_admissible else None,
             inventory=clean_feedback(inventory) if isinstance(inventory, str) else None,
             step=self.step_count,
             max_steps=s.max_steps,
             feedback=feedback,
         )
-        return render_state(view, budget_chars=s.budget_chars, history_result_chars=s.history_result_chars, tools=self.tools)
+        return render_state(view, budget_chars=s.budget_chars, history_result_chars=s.history_result_chars, tools=self.tools,
+                            compact=s.compact)
 
     # -- step ---------------------------------------------------------------------------------------
     def step(self, action: str) -> StepResult:
