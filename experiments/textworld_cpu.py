@@ -31,7 +31,7 @@ from pathlib import Path
 
 from steppo_agent.trajectory_io import read_trajectories
 from steppo_train.evaluation import summarize
-from steppo_train.logging_utils import plot_metrics
+from steppo_train.logging_utils import plot_interval_curves, plot_metrics, read_metrics
 
 STEPPO = [sys.executable, "-m", "steppo_agent.cli"]
 
@@ -46,25 +46,26 @@ class Experiment:
         "prompt_style": "compact", "show_inventory": False,
     })
     train_pool: int = 64
+    rl_pool: int = 1000
     eval_pool: int = 100
     expert_episodes: int = 64
     sft_iterations: int = 8
     sft_episodes: int = 16
     sft_lr: float = 2e-5
     rl_algos: tuple[str, ...] = ("steppo", "ppo", "grpo")
-    rl_iterations: int = 30
+    rl_iterations: int = 24
     tasks_per_iteration: int = 4
     group_size: int = 4
     max_tokens: int = 16
-    actor_lr: float = 2e-6
-    critic_lr: float = 1e-5
-    trainable_layers: int | None = None
+    actor_lr: float = 5e-6
+    critic_lr: float = 5e-5
+    trainable_layers: int | None = 8
     amp: bool = True
-    eval_every: int = 10
+    eval_every: int = 8
     seed: int = 0
 
 
-SMOKE = Experiment(train_pool=4, eval_pool=4, expert_episodes=4, sft_iterations=2, rl_iterations=2,
+SMOKE = Experiment(train_pool=4, rl_pool=8, eval_pool=4, expert_episodes=4, sft_iterations=2, rl_iterations=2,
                    tasks_per_iteration=2, group_size=2, eval_every=1)
 
 
@@ -111,6 +112,10 @@ def evaluate(exp: Experiment, model: str, out: Path, name: str) -> dict:
         env = {**exp.env, "pool": "eval", "pool_size": exp.eval_pool, "draw": "cycle"}
         _run([*STEPPO, "eval", "--model", model, "--env", "steppo/TextWorld-v0", *_env_args(env),
               "-n", str(exp.eval_pool), "--seed", "1000000", "--max-tokens", str(exp.max_tokens), "-q", "-o", str(path)], out)
+    return _summary(path)
+
+
+def _summary(path: Path) -> dict:
     s = summarize(read_trajectories(path))
     return {"success": s.success_rate, "ci": s.success_ci, "return": s.return_mean, "steps": s.steps_mean,
             "invalid": s.invalid_rate}
@@ -119,7 +124,7 @@ def evaluate(exp: Experiment, model: str, out: Path, name: str) -> dict:
 def stage_rl(exp: Experiment, out: Path, warm: str, algo: str) -> Path:
     run = out / algo
     if not (run / "done.json").exists():
-        env = {**exp.env, "pool": "train", "pool_size": exp.train_pool}
+        env = {**exp.env, "pool": "train", "pool_size": exp.rl_pool}
         sets = {"eval_env_kwargs": {"pool": "eval", "pool_size": exp.eval_pool, "draw": "cycle"}, "eval_tasks": exp.eval_pool,
                 "eval_every": exp.eval_every, "actor_lr": exp.actor_lr, "critic_lr": exp.critic_lr,
                 "save_every": exp.rl_iterations, "amp": exp.amp, "trainable_layers": exp.trainable_layers}
@@ -151,12 +156,26 @@ def main() -> None:
     for algo in args.algos or exp.rl_algos:
         run = stage_rl(exp, args.out, warm, algo)
         runs[algo] = run / "metrics.jsonl"
-        final = run / "checkpoints" / f"iter_{exp.rl_iterations - 1:06d}" / "actor"
-        table[algo] = {**evaluate(exp, str(final), args.out, algo), **json.loads((run / "done.json").read_text())}
+        in_run = run / "eval" / f"iter_{exp.rl_iterations:06d}.jsonl"  # the trainer's own final evaluation
+        if in_run.exists():
+            result = _summary(in_run)
+        else:
+            final = run / "checkpoints" / f"iter_{exp.rl_iterations - 1:06d}" / "actor"
+            result = evaluate(exp, str(final), args.out, algo)
+        table[algo] = {**result, **json.loads((run / "done.json").read_text())}
         peaks = [json.loads(x).get("perf/peak_rss_gib") for x in (run / "metrics.jsonl").read_text().splitlines()]
         if any(p is not None for p in peaks):
             table[algo]["peak_rss_gib"] = max(p for p in peaks if p is not None)
     plot_metrics(runs, args.out / "learning_curves.png", title="TextWorld coin_collector, SmolLM2-135M from SFT")
+    sft = table["sft"]
+    curves = {}
+    for algo, metrics in runs.items():
+        pts = [(0.0, sft["success"], *sft["ci"])]
+        pts += [(float(r["iteration"] + 1), r["eval/success_rate"], r["eval/success_ci_low"], r["eval/success_ci_high"])
+                for r in read_metrics(metrics) if "eval/success_rate" in r]
+        curves[algo] = pts
+    plot_interval_curves(curves, args.out / "heldout_success.png", xlabel="RL iteration (0 = SFT warm start)",
+                         title=f"greedy success on {exp.eval_pool} held-out games, 95% bootstrap CI")
     lines = ["| model | held-out success [95% CI] | return | steps | invalid rate | RL wall time | peak RSS |", "|---|---|---|---|---|---|---|"]
     for name, r in table.items():
         wall = f"{r['wall_s'] / 60:.0f} min" if "wall_s" in r else "-"

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "plot_metrics", "read_metrics"]
+__all__ = ["MetricsLogger", "plot_interval_curves", "plot_metrics", "read_metrics"]
 
 DEFAULT_PLOT_KEYS: tuple[str, ...] = (
     "charts/success_rate",
@@ -92,6 +92,44 @@ def plot_metrics(
         axes.flat[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_interval_curves(
+    curves: dict[str, Sequence[tuple[float, float, float, float]]],
+    out_png: str | Path,
+    *,
+    ylabel: str = "held-out success rate",
+    xlabel: str = "iteration",
+    title: str = "",
+) -> Path:
+    """One line per label through ``(x, value, ci_low, ci_high)`` points, with the interval shaded
+    (e.g. greedy held-out success with its 95% bootstrap CI at each evaluation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(curves.values()):
+        raise ValueError("no points to plot: pass at least one (x, value, low, high) point.")
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for label, pts in curves.items():
+        if not pts:
+            continue
+        xs, ys, lo, hi = zip(*sorted(pts), strict=True)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=label)
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
