@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -52,8 +53,8 @@ class Experiment:
     sft_iterations: int = 8
     sft_episodes: int = 16
     sft_lr: float = 2e-5
-    rl_algos: tuple[str, ...] = ("steppo", "ppo", "grpo")
-    rl_iterations: int = 24
+    rl_algos: tuple[str, ...] = ("steppo", "ppo", "grpo", "gigpo")
+    rl_iterations: int = 16
     tasks_per_iteration: int = 4
     group_size: int = 4
     max_tokens: int = 16
@@ -61,12 +62,12 @@ class Experiment:
     critic_lr: float = 5e-5
     trainable_layers: int | None = 8
     amp: bool = True
-    eval_every: int = 8
+    eval_every: int = 4
     seed: int = 0
 
 
-SMOKE = Experiment(train_pool=4, rl_pool=8, eval_pool=4, expert_episodes=4, sft_iterations=2, rl_iterations=2,
-                   tasks_per_iteration=2, group_size=2, eval_every=1)
+SMOKE = Experiment(train_pool=4, rl_pool=8, eval_pool=4, expert_episodes=4, sft_iterations=2, sft_episodes=2,
+                   rl_iterations=2, tasks_per_iteration=2, group_size=2, eval_every=1)
 
 
 def _env_args(env: dict) -> list[str]:
@@ -163,24 +164,35 @@ def main() -> None:
             final = run / "checkpoints" / f"iter_{exp.rl_iterations - 1:06d}" / "actor"
             result = evaluate(exp, str(final), args.out, algo)
         table[algo] = {**result, **json.loads((run / "done.json").read_text())}
-        peaks = [json.loads(x).get("perf/peak_rss_gib") for x in (run / "metrics.jsonl").read_text().splitlines()]
-        if any(p is not None for p in peaks):
-            table[algo]["peak_rss_gib"] = max(p for p in peaks if p is not None)
+        rows = read_metrics(run / "metrics.jsonl")
+        peaks = [r["perf/peak_rss_gib"] for r in rows if "perf/peak_rss_gib" in r]
+        if peaks:
+            table[algo]["peak_rss_gib"] = max(peaks)
+        table[algo]["median_iteration_s"] = statistics.median(
+            r["time/rollout_s"] + r["time/update_s"] for r in rows if "time/update_s" in r)
     plot_metrics(runs, args.out / "learning_curves.png", title="TextWorld coin_collector, SmolLM2-135M from SFT")
     sft = table["sft"]
     curves = {}
     for algo, metrics in runs.items():
         pts = [(0.0, sft["success"], *sft["ci"])]
-        pts += [(float(r["iteration"] + 1), r["eval/success_rate"], r["eval/success_ci_low"], r["eval/success_ci_high"])
-                for r in read_metrics(metrics) if "eval/success_rate" in r]
+        for r in read_metrics(metrics):
+            if "eval/success_rate" in r:  # recomputed from the episodes file when kept, like the table
+                it = r["iteration"] + 1
+                kept = metrics.parent / "eval" / f"iter_{it:06d}.jsonl"
+                e = _summary(kept) if kept.exists() else {
+                    "success": r["eval/success_rate"], "ci": (r["eval/success_ci_low"], r["eval/success_ci_high"])}
+                pts.append((float(it), e["success"], *e["ci"]))
         curves[algo] = pts
     plot_interval_curves(curves, args.out / "heldout_success.png", xlabel="RL iteration (0 = SFT warm start)",
                          title=f"greedy success on {exp.eval_pool} held-out games, 95% bootstrap CI")
-    lines = ["| model | held-out success [95% CI] | return | steps | invalid rate | RL wall time | peak RSS |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | held-out success [95% CI] | return | steps | invalid rate | RL wall time | median s / iteration | peak RSS |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in table.items():
         wall = f"{r['wall_s'] / 60:.0f} min" if "wall_s" in r else "-"
+        med = f"{r['median_iteration_s']:.0f} s" if "median_iteration_s" in r else "-"
         rss = f"{r['peak_rss_gib']:.1f} GiB" if "peak_rss_gib" in r else "-"
-        lines.append(f"| {name} | {r['success']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] | {r['return']:.2f} | {r['steps']:.1f} | {r['invalid']:.2f} | {wall} | {rss} |")
+        lines.append(f"| {name} | {r['success']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] | {r['return']:.2f} | {r['steps']:.1f} "
+                     f"| {r['invalid']:.2f} | {wall} | {med} | {rss} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

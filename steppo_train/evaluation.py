@@ -13,8 +13,9 @@ __all__ = ["EpisodeSummary", "bootstrap_ci", "summarize"]
 
 
 def bootstrap_ci(values: Sequence[float], *, samples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (deterministic for a given ``seed``)."""
-    x = np.asarray(values, dtype=np.float64)
+    """Percentile bootstrap interval of the mean: deterministic for a given ``seed`` and independent of the
+    order of ``values`` (episodes written in finishing order give the same interval as in task order)."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
     if x.size == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
