@@ -153,14 +153,17 @@ def main() -> None:
     print(json.dumps(table, indent=1))
     if args.no_rl:
         return
-    runs = {}
+    runs, curves = {}, {}
+    sft = table["sft"]
     for algo in args.algos or exp.rl_algos:
         run = stage_rl(exp, args.out, warm, algo)
         runs[algo] = run / "metrics.jsonl"
-        in_run = run / "eval" / f"iter_{exp.rl_iterations:06d}.jsonl"  # the trainer's own final evaluation
-        if in_run.exists():
-            result = _summary(in_run)
-        else:
+        # the trainer's own greedy evaluations (run/eval/iter_N.jsonl after N iterations)
+        held_out = {int(p.stem.removeprefix("iter_")): _summary(p) for p in (run / "eval").glob("iter_*.jsonl")}
+        curves[algo] = [(0.0, sft["success"], *sft["ci"])] + [
+            (float(it), e["success"], *e["ci"]) for it, e in sorted(held_out.items())]
+        result = held_out.get(exp.rl_iterations)
+        if result is None:  # eval_every does not divide rl_iterations: evaluate the final checkpoint
             final = run / "checkpoints" / f"iter_{exp.rl_iterations - 1:06d}" / "actor"
             result = evaluate(exp, str(final), args.out, algo)
         table[algo] = {**result, **json.loads((run / "done.json").read_text())}
@@ -171,18 +174,6 @@ def main() -> None:
         table[algo]["median_iteration_s"] = statistics.median(
             r["time/rollout_s"] + r["time/update_s"] for r in rows if "time/update_s" in r)
     plot_metrics(runs, args.out / "learning_curves.png", title="TextWorld coin_collector, SmolLM2-135M from SFT")
-    sft = table["sft"]
-    curves = {}
-    for algo, metrics in runs.items():
-        pts = [(0.0, sft["success"], *sft["ci"])]
-        for r in read_metrics(metrics):
-            if "eval/success_rate" in r:  # recomputed from the episodes file when kept, like the table
-                it = r["iteration"] + 1
-                kept = metrics.parent / "eval" / f"iter_{it:06d}.jsonl"
-                e = _summary(kept) if kept.exists() else {
-                    "success": r["eval/success_rate"], "ci": (r["eval/success_ci_low"], r["eval/success_ci_high"])}
-                pts.append((float(it), e["success"], *e["ci"]))
-        curves[algo] = pts
     plot_interval_curves(curves, args.out / "heldout_success.png", xlabel="RL iteration (0 = SFT warm start)",
                          title=f"greedy success on {exp.eval_pool} held-out games, 95% bootstrap CI")
     lines = ["| model | held-out success [95% CI] | return | steps | invalid rate | RL wall time | median s / iteration | peak RSS |",

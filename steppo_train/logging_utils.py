@@ -65,11 +65,7 @@ def plot_metrics(
     runs: dict[str, str | Path], out_png: str | Path, keys: Sequence[str] = DEFAULT_PLOT_KEYS, *, title: str = ""
 ) -> Path:
     """Plot ``keys`` against iteration for one or more runs (``{label: metrics.jsonl}``) into a PNG grid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     data = {label: read_metrics(p) for label, p in runs.items()}
     present = [k for k in keys if any(k in row for rows in data.values() for row in rows)]
     if not present:
@@ -92,12 +88,7 @@ def plot_metrics(
         axes.flat[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out_png)
 
 
 def plot_interval_curves(
@@ -110,11 +101,7 @@ def plot_interval_curves(
 ) -> Path:
     """One line per label through ``(x, value, ci_low, ci_high)`` points, with the interval shaded
     (e.g. greedy held-out success with its 95% bootstrap CI at each evaluation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     if not any(curves.values()):
         raise ValueError("no points to plot: pass at least one (x, value, low, high) point.")
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
@@ -130,6 +117,21 @@ def plot_interval_curves(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    return _save(plt, fig, out_png)
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt: Any, fig: Any, out_png: str | Path) -> Path:
+    """Lay out, write ``fig`` to ``out_png`` (creating its folder) and release it."""
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
