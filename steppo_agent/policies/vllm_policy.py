@@ -27,6 +27,7 @@ from typing import Any
 from steppo_agent.default_model import resolve_model
 from steppo_agent.policies import error_generation, resolve_seeds
 from steppo_agent.policies.base import Generation
+from steppo_agent.policies.vllm_settings import cpu_scheduler_settings, quiet_vllm_environment
 from steppo_agent.policies.weight_sync import WEIGHT_SYNC_EXTENSION, write_weights
 from steppo_agent.records import SamplingConfig
 
@@ -88,6 +89,7 @@ class VLLMPolicy:
         self.start_seconds: float = 0.0
         if in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        quiet_vllm_environment(os.environ)
         from vllm.platforms import current_platform
 
         self.on_cpu = bool(current_platform.is_cpu())
@@ -102,7 +104,9 @@ class VLLMPolicy:
             "seed": seed,
             "worker_extension_cls": WEIGHT_SYNC_EXTENSION,
         }
-        if not self.on_cpu:
+        if self.on_cpu:
+            self._engine_kwargs.update(cpu_scheduler_settings(max_model_len))
+        else:
             self._engine_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._rebuilt_dir: Path | None = None
