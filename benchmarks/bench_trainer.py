@@ -5,9 +5,12 @@ their peak memory (max RSS) is measured separately. "Raw" is the plain HF recipe
 full logits, log_softmax, gather the response tokens, mean, backward, AdamW step. "Trainer" is
 steppo's StepPO actor update (``steppo_train.update.actor_loss`` over token-budget micro-batches,
 backward, clip, AdamW step), critic excluded. Reports median tokens/s over repeats and the ratio
-(goal >= 0.8). Two more trainer phases show the CPU speed options side by side: ``amp`` (bfloat16
-autocast over float32 weights) and ``amp+top8`` (also only the top 8 blocks trainable), with their
-speed-up over the float32 trainer.
+(goal >= 0.8). More trainer phases show the CPU speed options side by side, with their speed-up over
+the float32 trainer: ``amp`` (bfloat16 autocast over float32 weights, forced), ``auto`` (the trainer's
+default ``amp="auto"``: autocast only where bf16 is native) and ``auto+top8`` (also only the top 8
+blocks trainable, the results recipe). It first prints the CPU, its bf16 capability and the auto
+choice. Where bf16 is not native the forced ``amp`` phase would be ~30x slower than float32 and is
+skipped (the probe's measured factor is printed instead) unless ``--force-bf16``.
 
     python benchmarks/bench_trainer.py                 # the default model (SmolLM2-135M)
     python benchmarks/bench_trainer.py --rows 8 --prompt 256 --response 64 --repeats 3
@@ -45,8 +48,10 @@ def _phase(args: argparse.Namespace) -> dict[str, float]:
 
     torch.set_num_threads(args.threads) if args.threads else None
     path = resolve_model(args.model)
-    amp = args.phase in ("amp", "amp+top8")
-    actor = load_actor(ModelConfig(path, trainable_layers=8 if args.phase == "amp+top8" else None))
+    from steppo_train.precision import resolve_amp
+
+    amp = True if args.phase == "amp" else resolve_amp("auto", announce=False) if args.phase.startswith("auto") else False
+    actor = load_actor(ModelConfig(path, trainable_layers=8 if args.phase == "auto+top8" else None))
     vocab = actor.config.vocab_size
     prompts, responses = _rows(args.rows, args.prompt, args.response, vocab)
     tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
@@ -103,14 +108,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--token-budget", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--phase", choices=["raw", "trainer", "amp", "amp+top8"], help=argparse.SUPPRESS)
+    ap.add_argument("--force-bf16", action="store_true", help="run the forced-bf16 phase even where bf16 is not native")
+    ap.add_argument("--phase", choices=["raw", "trainer", "amp", "auto", "auto+top8"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
         print(json.dumps(_phase(args)))
         return
+    from steppo_train.precision import bf16_slowdown, bf16_support, describe_cpu
+
+    support = bf16_support("cpu")
+    print(f"cpu: {describe_cpu()}")
+    print(f"bf16: {'native' if support.native else 'NOT native'} ({support.reason}); amp=auto -> "
+          f"{'on' if support.native else 'off'}; probe: a bf16 matmul takes {bf16_slowdown():.2f}x the float32 time")
+    phases = ["raw", "trainer", "amp", "auto", "auto+top8"]
+    if not support.native and not args.force_bf16:
+        phases.remove("amp")
+        print("forced-bf16 phase skipped: bf16 is not native here (pass --force-bf16 to measure it)")
     results = {}
-    for phase in ("raw", "trainer", "amp", "amp+top8"):
-        cmd = [sys.executable, __file__, "--phase", phase] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "phase"]
+    for phase in phases:
+        cmd = [sys.executable, __file__, "--phase", phase] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("phase", "force_bf16")]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[phase] = json.loads(out)
     raw, tr = results["raw"], results["trainer"]
@@ -119,8 +136,9 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<10}{r['seconds_median']:>10.2f}{r['tokens_per_s']:>12.1f}{r['peak_rss_gib']:>14.2f}")
     print(f"ratio trainer/raw tokens/s = {tr['tokens_per_s'] / raw['tokens_per_s']:.2f} (goal >= 0.8)")
-    for name in ("amp", "amp+top8"):
-        print(f"speed-up {name} over the float32 trainer = {results[name]['tokens_per_s'] / tr['tokens_per_s']:.2f}x")
+    for name in ("amp", "auto", "auto+top8"):
+        if name in results:
+            print(f"speed-up {name} over the float32 trainer = {results[name]['tokens_per_s'] / tr['tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class Experiment:
     actor_lr: float = 5e-6
     critic_lr: float = 5e-5
     trainable_layers: int | None = 8
-    amp: bool = True
+    amp: bool | str = "auto"  # bf16 autocast where bf16 is native (steppo_train.precision)
     eval_every: int = 4
     seed: int = 0
 
@@ -122,17 +122,22 @@ def _summary(path: Path) -> dict:
             "invalid": s.invalid_rate}
 
 
+def rl_command(exp: Experiment, warm: str, algo: str, run: Path, extra_sets: dict | None = None) -> list[str]:
+    """The ``steppo train`` command line of one RL run (also used by benchmarks/bench_memory.py)."""
+    env = {**exp.env, "pool": "train", "pool_size": exp.rl_pool}
+    sets = {"eval_env_kwargs": {"pool": "eval", "pool_size": exp.eval_pool, "draw": "cycle"}, "eval_tasks": exp.eval_pool,
+            "eval_every": exp.eval_every, "actor_lr": exp.actor_lr, "critic_lr": exp.critic_lr,
+            "save_every": exp.rl_iterations, "amp": exp.amp, "trainable_layers": exp.trainable_layers, **(extra_sets or {})}
+    return [*STEPPO, "train", "--algo", algo, "--model", warm, "--env", "steppo/TextWorld-v0", *_env_args(env),
+            "--iterations", str(exp.rl_iterations), "--tasks", str(exp.tasks_per_iteration),
+            "--group-size", str(exp.group_size), "--max-tokens", str(exp.max_tokens), "--seed", str(exp.seed),
+            "--output-dir", str(run), "--resume", "--set", *[f"{k}={json.dumps(v)}" for k, v in sets.items()]]
+
+
 def stage_rl(exp: Experiment, out: Path, warm: str, algo: str) -> Path:
     run = out / algo
     if not (run / "done.json").exists():
-        env = {**exp.env, "pool": "train", "pool_size": exp.rl_pool}
-        sets = {"eval_env_kwargs": {"pool": "eval", "pool_size": exp.eval_pool, "draw": "cycle"}, "eval_tasks": exp.eval_pool,
-                "eval_every": exp.eval_every, "actor_lr": exp.actor_lr, "critic_lr": exp.critic_lr,
-                "save_every": exp.rl_iterations, "amp": exp.amp, "trainable_layers": exp.trainable_layers}
-        wall = _run([*STEPPO, "train", "--algo", algo, "--model", warm, "--env", "steppo/TextWorld-v0", *_env_args(env),
-                     "--iterations", str(exp.rl_iterations), "--tasks", str(exp.tasks_per_iteration),
-                     "--group-size", str(exp.group_size), "--max-tokens", str(exp.max_tokens), "--seed", str(exp.seed),
-                     "--output-dir", str(run), "--resume", "--set", *[f"{k}={json.dumps(v)}" for k, v in sets.items()]], out)
+        wall = _run(rl_command(exp, warm, algo, run), out)
         (run / "done.json").write_text(json.dumps({"wall_s": wall}))
     return run
 

@@ -42,6 +42,7 @@ from typing import Any
 
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import PolicyInfo, SamplingConfig, Step, Trajectory
+from steppo_envs.progress import progress_bar
 
 __all__ = ["STATIC_INFO_KEYS", "EnvPool", "EnvResult", "RenderFn", "RolloutConfig", "RolloutStats", "derive_seed",
            "replace_sampling", "resolve_env_spec", "run_rollout", "trajectory_id"]
@@ -70,7 +71,7 @@ class RolloutConfig:
         max_active: most episodes in flight at once (one batch row each); ``None`` = all of them.
         output: JSONL file that receives each finished trajectory; ``None`` = keep in memory only.
         resume: when ``output`` exists, skip the trajectory ids already in it and append the rest.
-        progress: show a tqdm progress bar.
+        progress: show progress (a tqdm bar on a terminal, a plain line every 30 s in a log).
     """
 
     env_id: str
@@ -454,8 +455,7 @@ def run_rollout(
     writer = TrajectoryWriter(config.output) if config.output is not None else None
     results: list[Trajectory] = []
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(todo), desc=f"rollout {config.env_id}", unit="ep", disable=not config.progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(todo), desc=f"rollout {config.env_id}", unit="ep", enabled=config.progress)
 
     def finish(traj: Trajectory) -> None:
         if writer is not None:

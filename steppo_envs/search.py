@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import tempfile
 import time
 import unicodedata
@@ -153,8 +154,12 @@ class BM25Index:
         if self.backend == "bm25s":
             import bm25s
 
+            from steppo_envs.progress import interactive
+
             model = bm25s.BM25(k1=self.k1, b=self.b)
-            model.index(docs, show_progress=show_progress)
+            if show_progress and not interactive():  # bm25s's own bars would fill a log with fragments
+                print(f"building a BM25 index over {len(docs)} documents (cached afterwards)", file=sys.stderr, flush=True)
+            model.index(docs, show_progress=show_progress and interactive())
             return model
         from rank_bm25 import BM25Okapi
 

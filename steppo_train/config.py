@@ -98,12 +98,18 @@ class TrainConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Parameter dtype. Pure bfloat16 weights lose updates smaller than ~1/256 of a weight (small
     learning rates then do nothing): prefer float32 weights with ``amp``."""
-    amp: bool = False
-    """Run forward and backward passes under ``torch.autocast(bfloat16)`` with float32 weights and
-    optimizer state: 2-3x faster on GPUs and on CPUs with AMX / AVX512-BF16 (see benchmarks/bench_trainer.py)."""
+    amp: bool | Literal["auto"] = "auto"
+    """bfloat16 autocast for forward and backward passes over float32 weights and optimizer state.
+    "auto" (default) = on where bf16 is native (a CUDA GPU with bf16; a CPU with AMX or AVX512-BF16:
+    1.7x faster there) and off elsewhere (on an AVX2-only CPU bf16 is ~30x slower); the choice is
+    printed once. true forces it (with a warning where bf16 is not native), false keeps float32."""
     trainable_layers: int | None = None
     """Train only the top N transformer blocks + final norm of the actor and the critic (embeddings and
     LM head frozen); None = all weights. Cuts the backward pass and optimizer memory on small machines."""
+    trim_memory: bool = True
+    """After each phase, collect garbage and hand the heap's free pages back to the OS (glibc
+    malloc_trim); without it RSS grows over a run (see steppo_train/memory.py). Per-phase RSS is
+    logged as memory/rss_<phase>_gib either way."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
     whiten_advantages: bool = True
@@ -148,7 +154,9 @@ class TrainConfig:
             raise ValueError("gamma and lam must be in [0, 1].")
         if self.max_tokens >= self.max_model_len:
             raise ValueError("max_tokens must be smaller than max_model_len: raise --set max_model_len=... .")
-        if self.amp and self.dtype == "bfloat16":
+        if self.amp not in (True, False, "auto"):
+            raise ValueError(f"amp must be true, false or \"auto\", not {self.amp!r}: e.g. --set amp=auto.")
+        if self.amp is True and self.dtype == "bfloat16":
             raise ValueError("amp keeps float32 weights and computes in bfloat16: use dtype=float32 with amp=true.")
         if self.trainable_layers is not None and self.trainable_layers < 1:
             raise ValueError("trainable_layers must be >= 1 (or unset to train every weight).")

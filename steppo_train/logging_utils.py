@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "plot_interval_curves", "plot_metrics", "read_metrics"]
+__all__ = ["MetricsLogger", "iteration_line", "plot_interval_curves", "plot_metrics", "read_metrics"]
 
 DEFAULT_PLOT_KEYS: tuple[str, ...] = (
     "charts/success_rate",
@@ -48,6 +48,28 @@ class MetricsLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+_LINE_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("charts/success_rate", "success", "{:.2f}"),
+    ("charts/return_mean", "return", "{:+.2f}"),
+    ("charts/steps_mean", "steps", "{:.1f}"),
+    ("eval/success_rate", "eval", "{:.2f}"),
+    ("losses/policy", "pi_loss", "{:+.4f}"),
+    ("losses/value", "v_loss", "{:.4f}"),
+    ("time/rollout_s", "rollout", "{:.0f}s"),
+    ("time/update_s", "update", "{:.0f}s"),
+    ("memory/rss_push_gib", "rss", "{:.1f}GiB"),
+    ("memory/peak_rss_gib", "peak", "{:.1f}GiB"),
+)
+
+
+def iteration_line(iteration: int, total: int, metrics: dict[str, float]) -> str:
+    """One readable line per iteration for the terminal and logs, e.g.
+    ``iter 3/16  success 0.62  return +0.62  pi_loss -0.0012  rollout 21s  update 30s  rss 5.9GiB``."""
+    parts = [f"iter {iteration + 1}/{total}"]
+    parts += [f"{label} {fmt.format(metrics[key])}" for key, label, fmt in _LINE_FIELDS if key in metrics]
+    return "  ".join(parts)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ from steppo_train.batch import build_step_batch
 from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from steppo_train.config import TrainConfig
 from steppo_train.evaluation import summarize
-from steppo_train.logging_utils import MetricsLogger, plot_metrics
+from steppo_train.logging_utils import MetricsLogger, iteration_line, plot_metrics
+from steppo_train.memory import PhaseMemory
 from steppo_train.models import (
     ModelConfig,
     load_actor,
@@ -39,6 +39,7 @@ from steppo_train.models import (
     values_at_action_tokens,
     values_at_last_prompt_token,
 )
+from steppo_train.precision import resolve_amp
 from steppo_train.targets import compute_targets
 from steppo_train.update import IterationData, actor_loss, critic_loss, make_units, pack_units
 
@@ -227,14 +228,17 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
     if policy is not None and state.next_iteration > 0:
         _push(policy, actor)
 
+    use_amp = resolve_amp(config.amp, device, announce=rank == 0) if config.dtype == "float32" else False
+
     def amp():  # type: ignore[no-untyped-def]
-        """bfloat16 autocast around forward passes (a no-op unless config.amp)."""
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
+        """bfloat16 autocast around forward passes (a no-op unless amp resolved to on)."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
 
     logger = MetricsLogger(out_dir / "metrics.jsonl", tensorboard=config.tensorboard) if rank == 0 else None
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    memory = PhaseMemory(trim=config.trim_memory)
     for iteration in range(state.next_iteration, config.iterations):
         t_start = time.perf_counter()
         metrics: dict[str, float] = {}
@@ -248,6 +252,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
                 dist.broadcast_object_list(box, src=0)
             trajectories = box[0]
         t_rollout = time.perf_counter() - t_start
+        memory.after("rollout")
         metrics.update(summarize(trajectories).as_metrics("charts"))
         batch = build_step_batch(trajectories)
         n_tokens = sum(len(r) for r in batch.response_ids)
@@ -271,6 +276,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
             flat = torch.cat(gaps)
             metrics["rollout/logprob_gap_mean"] = float(flat.mean())
             metrics["rollout/logprob_gap_max"] = float(flat.max())
+        memory.after("old_logprobs")
         with amp():
             ref_logprobs = (
                 _batched(lambda p, r: response_logprobs(reference, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
@@ -290,6 +296,8 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
                     metrics["charts/value_mean"] = float(step_values.mean())
                 else:
                     token_values = _batched(lambda p, r: values_at_action_tokens(critic, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
+
+        memory.after("values")
 
         # 4. advantages
         targets = compute_targets(config, batch, step_values=step_values, token_values=token_values)
@@ -338,24 +346,29 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
                 n_minibatches += 1
         metrics.update({k: v / max(1, n_minibatches) for k, v in sums.items()})
         t_update = time.perf_counter() - t_start - t_rollout
+        memory.after("update")
 
         # 6. push the new weights into the rollout policy
         if policy is not None:
             _push(policy, actor)
             state.policy_version += 1
+            memory.after("push")
 
         # 7. log, evaluate, plot, checkpoint
         state.next_iteration = iteration + 1
         if rank == 0:
             if policy is not None and config.eval_every and (iteration + 1) % config.eval_every == 0:
                 metrics.update(_evaluate(config, policy, iteration + 1, out_dir))
+                memory.after("eval")
             metrics["time/rollout_s"] = t_rollout
             metrics["time/update_s"] = t_update
             metrics["time/iteration_s"] = time.perf_counter() - t_start
             metrics["perf/update_tokens_per_s"] = n_tokens * config.ppo_epochs / max(t_update, 1e-9)
-            metrics["perf/peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            metrics.update(memory.take())
+            metrics["perf/peak_rss_gib"] = metrics["memory/peak_rss_gib"]
             assert logger is not None
             logger.log(iteration, {k: v for k, v in metrics.items() if math.isfinite(v)})
+            print(iteration_line(iteration, config.iterations, metrics), flush=True)
             plot_metrics({config.algo: out_dir / "metrics.jsonl"}, out_dir / "learning_curves.png", title=f"{config.algo} on {config.env_id}")
             if (iteration + 1) % config.save_every == 0 or iteration + 1 == config.iterations:
                 save_checkpoint(out_dir, iteration, state, actor, optimizers, critic, tokenizer=tokenizer, config=config.to_dict())

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
+from steppo_envs.progress import interactive
+
 __all__ = ["build_parser", "main"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # sub-command -> module (each module defines add_parser(subparsers) that sets `func`)
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -23,6 +29,11 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steppo", description="Step-level agentic RL for LLM agents.")
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default=None,
+        help="log level of steppo and of the vLLM engine (default WARNING; also STEPPO_LOG_LEVEL, "
+             "or VLLM_LOGGING_LEVEL for vLLM alone)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:
@@ -35,9 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(level: str | None) -> None:
+    """``--log-level`` (or ``STEPPO_LOG_LEVEL``) for Python logging and the vLLM engine (default WARNING)."""
+    if level is not None:
+        os.environ["STEPPO_LOG_LEVEL"] = level
+        os.environ["VLLM_LOGGING_LEVEL"] = level  # an explicit flag wins over an inherited variable
+    if not interactive():  # transformers / huggingface_hub bars ("Loading weights") are CR fragments in a log
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    chosen = os.environ.get("STEPPO_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=chosen if chosen in LOG_LEVELS else "WARNING", format="%(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

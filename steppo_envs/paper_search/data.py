@@ -226,7 +226,7 @@ class PaperCorpus:
 
 
 def _parse_corpus(path: Path, show_progress: bool) -> PaperCorpus:
-    from tqdm import tqdm
+    from steppo_envs.progress import progress_bar
 
     ids: list[str] = []
     titles: list[str] = []
@@ -235,7 +235,7 @@ def _parse_corpus(path: Path, show_progress: bool) -> PaperCorpus:
     venues: list[str] = []
     df: Counter[str] = Counter()
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in tqdm(f, desc="parsing paper corpus", unit=" papers", disable=not show_progress):
+        for line in progress_bar(f, desc="parsing paper corpus", unit=" papers", enabled=show_progress):
             if not line.strip():
                 continue
             r = json.loads(line)

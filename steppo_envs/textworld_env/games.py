@@ -259,11 +259,11 @@ def generate_game(ref: GameRef) -> Path:
 
 
 def ensure_games(refs: Sequence[GameRef], *, progress: bool = True, desc: str = "generating TextWorld games") -> None:
-    """Generate every missing game of ``refs``, with a tqdm progress bar over the missing ones."""
+    """Generate every missing game of ``refs``, with progress (a bar on a terminal, timed lines in a log)."""
     missing = [r for r in refs if not r.exists()]
     if not missing:
         return
-    from tqdm.auto import tqdm
+    from steppo_envs.progress import progress_bar
 
-    for ref in tqdm(missing, desc=desc, unit="game", disable=not progress):
+    for ref in progress_bar(missing, desc=desc, unit="game", enabled=progress and len(missing) > 1):
         generate_game(ref)
