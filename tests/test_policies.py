@@ -68,6 +68,20 @@ def test_resolve_seeds() -> None:
         resolve_seeds(2, SamplingConfig(), [1])
 
 
+def test_weight_reload_hides_only_the_expected_layer_notices() -> None:
+    import logging
+
+    from steppo_agent.policies.weight_sync import _ExpectedReloadNotices
+
+    def record(layer: str) -> logging.LogRecord:
+        return logging.LogRecord("vllm", logging.WARNING, __file__, 1, "%s: Failed to load weights", (layer,), None)
+
+    tied, untied = _ExpectedReloadNotices(tied=True), _ExpectedReloadNotices(tied=False)
+    assert not tied.filter(record("RotaryEmbedding")) and not untied.filter(record("RotaryEmbedding"))
+    assert not tied.filter(record("ParallelLMHead")) and untied.filter(record("ParallelLMHead"))
+    assert tied.filter(record("QKVParallelLinear"))  # a real failure still shows
+
+
 def test_unknown_backend_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="'vllm', 'openai' or 'hf'"):
         make_policy(PolicyConfig(backend="nope"))  # type: ignore[arg-type]

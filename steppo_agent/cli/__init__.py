@@ -54,6 +54,8 @@ def _configure_logging(level: str | None) -> None:
     if not interactive():  # transformers / huggingface_hub bars ("Loading weights") are CR fragments in a log
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     chosen = os.environ.get("STEPPO_LOG_LEVEL", "WARNING").upper()
+    if chosen not in ("DEBUG", "INFO"):  # torch's C++ notices (e.g. vLLM's NUMA binding) only when asked
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     logging.basicConfig(level=chosen if chosen in LOG_LEVELS else "WARNING", format="%(levelname)s %(name)s: %(message)s")
 
 

@@ -27,9 +27,14 @@ from typing import Any
 from steppo_agent.default_model import resolve_model
 from steppo_agent.policies import error_generation, resolve_seeds
 from steppo_agent.policies.base import Generation
-from steppo_agent.policies.vllm_settings import cpu_scheduler_settings, quiet_vllm_environment
+from steppo_agent.policies.vllm_settings import (
+    cpu_scheduler_settings,
+    filter_vllm_notices,
+    quiet_vllm_environment,
+)
 from steppo_agent.policies.weight_sync import WEIGHT_SYNC_EXTENSION, write_weights
 from steppo_agent.records import SamplingConfig
+from steppo_envs.progress import interactive
 
 __all__ = ["VLLMPolicy"]
 
@@ -92,6 +97,7 @@ class VLLMPolicy:
         quiet_vllm_environment(os.environ)
         from vllm.platforms import current_platform
 
+        filter_vllm_notices()  # vLLM's log handlers exist now
         self.on_cpu = bool(current_platform.is_cpu())
         if self.on_cpu:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -103,6 +109,7 @@ class VLLMPolicy:
             "enforce_eager": enforce_eager,
             "seed": seed,
             "worker_extension_cls": WEIGHT_SYNC_EXTENSION,
+            "use_tqdm_on_load": interactive(),
         }
         if self.on_cpu:
             self._engine_kwargs.update(cpu_scheduler_settings(max_model_len))

@@ -3,7 +3,8 @@
 * :func:`cpu_scheduler_settings`: the scheduler settings that keep per-request seeds working on
   the CPU backend (chunked prefill off, a step budget that holds the longest prompt).
 * :func:`quiet_vllm_environment`: vLLM logs at WARNING unless the user asks for more
-  (``VLLM_LOGGING_LEVEL``, or ``STEPPO_LOG_LEVEL`` / ``steppo --log-level`` for both).
+  (``VLLM_LOGGING_LEVEL``, or ``STEPPO_LOG_LEVEL`` / ``steppo --log-level`` for both), without the
+  start-up notices nobody can act on (:data:`BENIGN_VLLM_NOTICES`).
 * :func:`vllm_is_cpu_build`: whether the installed vLLM is the CPU build (without importing it).
 """
 
@@ -12,17 +13,31 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import warnings
 from collections.abc import MutableMapping
 from typing import Any
 
-__all__ = ["cpu_scheduler_settings", "quiet_vllm_environment", "vllm_is_cpu_build"]
+__all__ = ["BENIGN_VLLM_NOTICES", "cpu_scheduler_settings", "filter_vllm_notices", "quiet_vllm_environment", "vllm_is_cpu_build"]
 
 DEFAULT_STEP_TOKEN_BUDGET = 4096
 
-# vLLM warns whenever chunked prefill is turned off for a model that supports it, whatever the
-# reason; steppo turns it off on purpose on CPU (see cpu_scheduler_settings), and the token-exactness
-# tests check the outputs against transformers, so the warning is noise in every run's log.
-_CHUNKED_PREFILL_WARNING = "This model does not officially support disabling chunked prefill"
+# Notices vLLM prints at WARNING on every CPU start-up that say nothing a steppo user can act on
+# (the tuning hints name LD_PRELOAD libraries steppo does not ship; eager mode and the engine seed
+# are steppo's own choices; chunked prefill is turned off on purpose, see cpu_scheduler_settings,
+# and the token-exactness tests check the outputs against transformers). Shown with --log-level INFO.
+BENIGN_VLLM_NOTICES: tuple[str, ...] = (
+    "This model does not officially support disabling chunked prefill",
+    "The global random seed is set to",
+    "Enforce eager set",
+    "Inductor compilation was disabled",
+    "Triton is not installed",
+    "Triton is installed, but doesn't include CPU backend",
+    "Reset SSM cache type",
+    "Model Runner V2 requires Triton",
+    "libtcmalloc is not found",
+    "libiomp is not found",
+    "CPU backend doesn't allow to use `torch.set_num_threads`",
+)
 
 
 def cpu_scheduler_settings(max_model_len: int) -> dict[str, Any]:
@@ -48,9 +63,21 @@ def vllm_is_cpu_build() -> bool:
     return True
 
 
-class _DropChunkedPrefillWarning(logging.Filter):
+class _DropBenignNotices(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_CHUNKED_PREFILL_WARNING)
+        if record.levelno > logging.WARNING or logging.getLogger("vllm").isEnabledFor(logging.INFO):
+            return True
+        return not str(record.msg).startswith(BENIGN_VLLM_NOTICES)
+
+
+def filter_vllm_notices() -> None:
+    """Drop :data:`BENIGN_VLLM_NOTICES` (and vLLM's own FutureWarnings about torch) from this process's
+    output unless vLLM logs at INFO or below. Call after vLLM is imported (its handlers exist then)."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
+    for logger in (logging.getLogger("vllm"), logging.getLogger()):
+        for handler in logger.handlers:
+            if not any(isinstance(f, _DropBenignNotices) for f in handler.filters):
+                handler.addFilter(_DropBenignNotices())
 
 
 def quiet_vllm_environment(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
@@ -65,7 +92,5 @@ def quiet_vllm_environment(env: MutableMapping[str, str]) -> MutableMapping[str,
     env["VLLM_LOGGING_LEVEL"] = level
     if env is os.environ:
         logging.getLogger("vllm").setLevel(level)
-        arg_logger = logging.getLogger("vllm.engine.arg_utils")
-        if not any(isinstance(f, _DropChunkedPrefillWarning) for f in arg_logger.filters):
-            arg_logger.addFilter(_DropChunkedPrefillWarning())
+        filter_vllm_notices()
     return env

@@ -15,6 +15,7 @@ Only file paths cross the process boundary (tensors would arrive as lists).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -64,6 +65,23 @@ def iter_weight_files(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]
                 yield name, handle.get_tensor(name)
 
 
+class _ExpectedReloadNotices(logging.Filter):
+    """vLLM's layer-wise reload warns "<Layer>: Failed to load weights" for layers the file has no
+    tensors for and puts their current tensors back. That is expected for rotary embeddings (no
+    weights) and for a tied output layer (its weights are the embedding's, refreshed right after by
+    ``steppo_refresh_tied_output``); any other layer still warns."""
+
+    def __init__(self, tied: bool) -> None:
+        super().__init__()
+        self.expected = {"RotaryEmbedding", *(("ParallelLMHead",) if tied else ())}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.expected)
+
+
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
 class WeightSyncExtension:
     """vLLM worker extension (``worker_extension_cls``): reload weights from a file in place.
 
@@ -83,19 +101,26 @@ class WeightSyncExtension:
                 count += 1
                 yield item
 
-        self.reload_weights(weights_iterator=counted())  # type: ignore[attr-defined]
+        notices = _ExpectedReloadNotices(tied=self._tied())
+        logging.getLogger(_RELOAD_LOGGER).addFilter(notices)
+        try:
+            self.reload_weights(weights_iterator=counted())  # type: ignore[attr-defined]
+        finally:
+            logging.getLogger(_RELOAD_LOGGER).removeFilter(notices)
         self.steppo_refresh_tied_output()
         return count
+
+    def _tied(self) -> bool:
+        hf_config = self.model_runner.model_config.hf_config
+        text_config = getattr(hf_config, "get_text_config", lambda: hf_config)()
+        return bool(getattr(text_config, "tie_word_embeddings", getattr(hf_config, "tie_word_embeddings", False)))
 
     def steppo_refresh_tied_output(self) -> bool:
         """Re-process a tied output layer after its embedding changed; return whether one was found."""
         model = self.model_runner.get_model()
-        hf_config = self.model_runner.model_config.hf_config
-        text_config = getattr(hf_config, "get_text_config", lambda: hf_config)()
-        tied = bool(getattr(text_config, "tie_word_embeddings", getattr(hf_config, "tie_word_embeddings", False)))
         lm_head = getattr(model, "lm_head", None)
         quant_method = getattr(lm_head, "quant_method", None)
-        if not tied or quant_method is None:
+        if not self._tied() or quant_method is None:
             return False
         quant_method.process_weights_after_loading(lm_head)
         return True
