@@ -23,6 +23,12 @@ def test_experiment_smoke_runs_and_writes_well_formed_metrics(default_model_dir:
     cmd = [sys.executable, str(ROOT / "experiments" / "textworld_cpu.py"), "--out", str(out), "--smoke", "--algos", "steppo"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # piped output is a readable log: whole lines, no engine config dumps, the amp decision and one line per iteration
+    log = proc.stdout + proc.stderr
+    assert "\r" not in log and "\x1b[" not in log
+    assert "non-default args" not in log and "Initializing a V1 LLM engine" not in log
+    assert "steppo: amp=auto -> " in log
+    assert "iter 2/2  success" in log
 
     experiment = json.loads((out / "experiment.json").read_text())
     assert experiment["rl_iterations"] == 2 and experiment["eval_every"] == 1
@@ -31,7 +37,8 @@ def test_experiment_smoke_runs_and_writes_well_formed_metrics(default_model_dir:
     for r in rows:
         assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in r.values()), r
         for key in ("losses/policy", "losses/value", "charts/success_rate", "rollout/logprob_gap_max", "eval/success_rate",
-                    "eval/success_ci_low", "eval/success_ci_high", "perf/peak_rss_gib"):
+                    "eval/success_ci_low", "eval/success_ci_high", "perf/peak_rss_gib", "memory/rss_update_gib",
+                    "memory/rss_push_gib", "memory/rss_eval_gib"):
             assert key in r, key
         assert 0.0 <= r["eval/success_ci_low"] <= r["eval/success_rate"] <= r["eval/success_ci_high"] <= 1.0
 

@@ -12,6 +12,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,6 +81,37 @@ def test_weight_reload_hides_only_the_expected_layer_notices() -> None:
     assert not tied.filter(record("RotaryEmbedding")) and not untied.filter(record("RotaryEmbedding"))
     assert not tied.filter(record("ParallelLMHead")) and untied.filter(record("ParallelLMHead"))
     assert tied.filter(record("QKVParallelLinear"))  # a real failure still shows
+
+
+def test_vllm_logs_at_warning_without_benign_notices_unless_asked() -> None:
+    import logging
+
+    from steppo_agent.policies.vllm_settings import BenignNoticeFilter, quiet_vllm_environment
+
+    env: dict[str, str] = {}
+    quiet_vllm_environment(env)
+    assert env["VLLM_LOGGING_LEVEL"] == "WARNING"
+    config = json.loads(Path(env["VLLM_LOGGING_CONFIG_PATH"]).read_text())
+    assert config["handlers"]["vllm"]["filters"] == ["steppo_benign"] and config["loggers"]["vllm"]["level"] == "WARNING"
+    assert quiet_vllm_environment({"STEPPO_LOG_LEVEL": "info"})["VLLM_LOGGING_LEVEL"] == "INFO"
+    mine = {"VLLM_LOGGING_LEVEL": "DEBUG", "VLLM_LOGGING_CONFIG_PATH": "/my/config.json"}
+    assert quiet_vllm_environment(dict(mine)) == mine  # the user's own settings win
+
+    def record(msg: str, *args: object, level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord("vllm.x", level, __file__, 1, msg, args, None)
+
+    drop = BenignNoticeFilter()
+    vllm_logger = logging.getLogger("vllm")
+    old_level = vllm_logger.level
+    vllm_logger.setLevel(logging.WARNING)
+    try:
+        assert not drop.filter(record("%s is not found in LD_PRELOAD. For best performance ...", "libtcmalloc"))
+        assert drop.filter(record("KV cache is full"))  # any other warning shows
+        assert drop.filter(record("Triton is not installed.", level=logging.ERROR))  # errors always show
+        vllm_logger.setLevel(logging.INFO)
+        assert drop.filter(record("Triton is not installed."))  # --log-level INFO shows everything
+    finally:
+        vllm_logger.setLevel(old_level)
 
 
 def test_unknown_backend_is_a_clear_error() -> None:

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from steppo_agent.policies.vllm_settings import BenignNoticeFilter
 from steppo_envs.progress import interactive
 
 __all__ = ["build_parser", "main"]
@@ -57,6 +58,8 @@ def _configure_logging(level: str | None) -> None:
     if chosen not in ("DEBUG", "INFO"):  # torch's C++ notices (e.g. vLLM's NUMA binding) only when asked
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     logging.basicConfig(level=chosen if chosen in LOG_LEVELS else "WARNING", format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # vLLM logs a few notices here before its own handler exists
+        handler.addFilter(BenignNoticeFilter())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

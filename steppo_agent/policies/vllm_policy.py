@@ -29,7 +29,6 @@ from steppo_agent.policies import error_generation, resolve_seeds
 from steppo_agent.policies.base import Generation
 from steppo_agent.policies.vllm_settings import (
     cpu_scheduler_settings,
-    filter_vllm_notices,
     quiet_vllm_environment,
 )
 from steppo_agent.policies.weight_sync import WEIGHT_SYNC_EXTENSION, write_weights
@@ -97,7 +96,6 @@ class VLLMPolicy:
         quiet_vllm_environment(os.environ)
         from vllm.platforms import current_platform
 
-        filter_vllm_notices()  # vLLM's log handlers exist now
         self.on_cpu = bool(current_platform.is_cpu())
         if self.on_cpu:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")

@@ -10,14 +10,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["BENIGN_VLLM_NOTICES", "cpu_scheduler_settings", "filter_vllm_notices", "quiet_vllm_environment", "vllm_is_cpu_build"]
+__all__ = ["BENIGN_VLLM_NOTICES", "BenignNoticeFilter", "cpu_scheduler_settings", "quiet_vllm_environment", "vllm_is_cpu_build"]
 
 DEFAULT_STEP_TOKEN_BUDGET = 4096
 
@@ -63,21 +67,36 @@ def vllm_is_cpu_build() -> bool:
     return True
 
 
-class _DropBenignNotices(logging.Filter):
+class BenignNoticeFilter(logging.Filter):
+    """Drops :data:`BENIGN_VLLM_NOTICES` below ERROR unless vLLM logs at INFO or lower."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.WARNING or logging.getLogger("vllm").isEnabledFor(logging.INFO):
             return True
-        return not str(record.msg).startswith(BENIGN_VLLM_NOTICES)
+        return not record.getMessage().startswith(BENIGN_VLLM_NOTICES)
 
 
-def filter_vllm_notices() -> None:
-    """Drop :data:`BENIGN_VLLM_NOTICES` (and vLLM's own FutureWarnings about torch) from this process's
-    output unless vLLM logs at INFO or below. Call after vLLM is imported (its handlers exist then)."""
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
-    for logger in (logging.getLogger("vllm"), logging.getLogger()):
-        for handler in logger.handlers:
-            if not any(isinstance(f, _DropBenignNotices) for f in handler.filters):
-                handler.addFilter(_DropBenignNotices())
+def _logging_config_file(level: str, stream: str) -> str:
+    """A logging config for vLLM (``VLLM_LOGGING_CONFIG_PATH``): vLLM's handler at ``level`` with
+    :class:`BenignNoticeFilter`. vLLM re-applies its logging config when an engine starts, so a
+    filter added to its handlers by hand would be dropped; one named in the config stays."""
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"steppo_benign": {"()": f"{__name__}.BenignNoticeFilter"}},
+        "formatters": {"vllm": {"format": "vllm %(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s",
+                                "datefmt": "%m-%d %H:%M:%S"}},
+        "handlers": {"vllm": {"class": "logging.StreamHandler", "formatter": "vllm", "level": level,
+                              "stream": stream, "filters": ["steppo_benign"]}},
+        "loggers": {"vllm": {"handlers": ["vllm"], "level": level, "propagate": False}},
+    }
+    text = json.dumps(config, indent=1, sort_keys=True)
+    path = Path(tempfile.gettempdir()) / f"steppo-vllm-logging-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return str(path)
 
 
 def quiet_vllm_environment(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
@@ -85,12 +104,15 @@ def quiet_vllm_environment(env: MutableMapping[str, str]) -> MutableMapping[str,
 
     ``VLLM_LOGGING_LEVEL`` wins when the user set it; else ``STEPPO_LOG_LEVEL`` (what
     ``steppo --log-level`` sets); else WARNING, so engine config dumps and per-request INFO lines stay
-    out of the main job's output while warnings and errors still show. When vLLM is already
-    imported in this process its logger is set to the same level.
+    out of the main job's output while warnings and errors still show, minus the notices in
+    :data:`BENIGN_VLLM_NOTICES` (through a logging config file, ``VLLM_LOGGING_CONFIG_PATH``, unless
+    the user set one). When vLLM is already imported in this process its logger is set to the same level.
     """
     level = env.get("VLLM_LOGGING_LEVEL") or env.get("STEPPO_LOG_LEVEL", "WARNING").upper()
     env["VLLM_LOGGING_LEVEL"] = level
+    if "VLLM_LOGGING_CONFIG_PATH" not in env and env.get("VLLM_CONFIGURE_LOGGING", "1") != "0":
+        env["VLLM_LOGGING_CONFIG_PATH"] = _logging_config_file(level, env.get("VLLM_LOGGING_STREAM", "ext://sys.stdout"))
     if env is os.environ:
         logging.getLogger("vllm").setLevel(level)
-        filter_vllm_notices()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")  # vLLM's own deprecation notices of torch
     return env
