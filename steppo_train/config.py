@@ -107,9 +107,9 @@ class TrainConfig:
     """Train only the top N transformer blocks + final norm of the actor and the critic (embeddings and
     LM head frozen); None = all weights. Cuts the backward pass and optimizer memory on small machines."""
     trim_memory: bool = True
-    """After each phase, collect garbage and hand the heap's free pages back to the OS (glibc
-    malloc_trim); without it RSS grows over a run (see steppo_train/memory.py). Per-phase RSS is
-    logged as memory/rss_<phase>_gib either way."""
+    """Keep RSS flat over a run (glibc): the heap's free pages go back to the OS (malloc_trim) after
+    each phase and each optimizer step; without it RSS and its peak grow every iteration (see
+    steppo_train/memory.py). Per-phase RSS is logged as memory/rss_<phase>_gib either way."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
     whiten_advantages: bool = True

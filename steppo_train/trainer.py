@@ -29,7 +29,7 @@ from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_che
 from steppo_train.config import TrainConfig
 from steppo_train.evaluation import summarize
 from steppo_train.logging_utils import MetricsLogger, iteration_line, plot_metrics
-from steppo_train.memory import PhaseMemory
+from steppo_train.memory import PhaseMemory, release_free_memory
 from steppo_train.models import (
     ModelConfig,
     load_actor,
@@ -344,6 +344,8 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
                     torch.nn.utils.clip_grad_norm_(critic_params, config.max_grad_norm)
                     optimizers["critic"].step()
                 n_minibatches += 1
+                if config.trim_memory:  # the update's activations leave the most free heap behind
+                    release_free_memory(collect=False)
         metrics.update({k: v / max(1, n_minibatches) for k, v in sums.items()})
         t_update = time.perf_counter() - t_start - t_rollout
         memory.after("update")
