@@ -38,12 +38,13 @@ def _experiment_module():  # type: ignore[no-untyped-def]
     return module
 
 
-def _run_variant(exp_mod, exp, out: Path, warm: str, variant: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    run = out / f"{variant}-{exp.rl_iterations}it"
+def _run_variant(exp_mod, exp, out: Path, warm: str, variant: str, sets: dict) -> list[dict]:  # type: ignore[no-untyped-def]
+    tag = "".join(f"-{k}{v}" for k, v in sorted(sets.items()))
+    run = out / f"{variant}-{exp.rl_iterations}it{tag}"
     metrics = run / "metrics.jsonl"
     done = metrics.exists() and len(metrics.read_text().splitlines()) >= exp.rl_iterations
     if not done:
-        cmd = exp_mod.rl_command(exp, warm, "steppo", run, {"trim_memory": variant == "trim"})
+        cmd = exp_mod.rl_command(exp, warm, "steppo", run, {"trim_memory": variant == "trim", **sets})
         print(f"[{variant}] {' '.join(cmd[2:])}", flush=True)
         subprocess.run(cmd, check=True)
     return [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -99,7 +100,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench_memory"))
     ap.add_argument("--iterations", type=int, default=16)
     ap.add_argument("--variants", default="trim", help="comma-separated: trim, no-trim")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more trainer options (JSON values), e.g. kv_cache_gib=1")
     args = ap.parse_args()
+    sets = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
     exp_mod = _experiment_module()
     exp = dataclasses.replace(exp_mod.Experiment(), rl_iterations=args.iterations)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +111,7 @@ def main() -> None:
     cpu = describe_cpu()
     print(f"cpu: {cpu}", flush=True)
     warm = exp_mod.stage_sft(exp, args.out, exp_mod.stage_expert(exp, args.out))
-    results = {v: _run_variant(exp_mod, exp, args.out, warm, v) for v in args.variants.split(",")}
+    results = {v: _run_variant(exp_mod, exp, args.out, warm, v, sets) for v in args.variants.split(",")}
     report = [f"cpu: {cpu}"]
     for variant, rows in results.items():
         report += [*_table(variant, rows), _summary(variant, rows), ""]

@@ -3,7 +3,8 @@
 On a terminal (stderr is a TTY) :func:`progress_bar` is an ordinary tqdm bar. Anywhere else (CI,
 ``nohup``, a pipe, a notebook's captured output) a refreshing bar would write every refresh as a
 carriage-return fragment, thousands of them in one log; there the same tqdm object prints one plain
-line at most every ``STEPPO_PROGRESS_INTERVAL`` seconds (default 30) and a final line when it closes::
+line at most every ``STEPPO_PROGRESS_INTERVAL`` seconds (default 30) and a final line when it closes,
+and nothing at all for work that ends within the first interval::
 
     rollout steppo/TextWorld-v0:  40%|####      | 13/32 [00:41<01:00,  3.2s/ep, steps=88, tok_s=54]
 
@@ -77,5 +78,5 @@ def progress_bar(
     interval = log_interval_s()
     return tqdm(
         iterable, total=total, desc=desc, unit=unit, file=_LineWriter(sys.stderr), ncols=100, ascii=True,
-        mininterval=interval, maxinterval=max(interval, 1.0),
+        mininterval=interval, maxinterval=max(interval, 1.0), delay=interval,
     )

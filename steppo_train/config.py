@@ -61,6 +61,10 @@ class TrainConfig:
     """Maximum response tokens per step."""
     max_model_len: int = 2048
     """Prompt + response token limit of the rollout engine."""
+    kv_cache_gib: float = 2.0
+    """KV-cache GiB of the in-process vLLM rollout engine on CPU (part of the process's memory): fp32
+    SmolLM2-135M needs ~46 KB per token, so 1 GiB holds ~23k prompt+response tokens at once (more
+    requests wait their turn)."""
     env_workers: int = 0
     """Worker processes for env steps (0 = in-process)."""
 
@@ -158,6 +162,9 @@ class TrainConfig:
             raise ValueError(f"amp must be true, false or \"auto\", not {self.amp!r}: e.g. --set amp=auto.")
         if self.amp is True and self.dtype == "bfloat16":
             raise ValueError("amp keeps float32 weights and computes in bfloat16: use dtype=float32 with amp=true.")
+        if self.kv_cache_gib < 1 or self.kv_cache_gib != int(self.kv_cache_gib):
+            raise ValueError("kv_cache_gib must be a whole number of GiB >= 1 (vLLM's CPU backend takes whole GiB): "
+                             "e.g. --set kv_cache_gib=1.")
         if self.trainable_layers is not None and self.trainable_layers < 1:
             raise ValueError("trainable_layers must be >= 1 (or unset to train every weight).")
         if self.backend == "openai" and not self.base_urls:

@@ -221,7 +221,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
         from steppo_agent.policies import PolicyConfig, make_policy
 
         policy = make_policy(PolicyConfig(
-            backend=config.backend, model=config.model, max_model_len=config.max_model_len,
+            backend=config.backend, model=config.model, max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
             **({"base_urls": config.base_urls} if config.base_urls else {}),
         ))
         owns_policy = True

@@ -165,6 +165,7 @@ def test_offline_training_from_trajectory_files(tiny: Path, tmp_path: Path) -> N
         ({"backend": "openai"}, "--base-url"),
         ({"amp": True, "dtype": "bfloat16"}, "dtype=float32"),
         ({"trainable_layers": 0}, "trainable_layers"),
+        ({"kv_cache_gib": 0.5}, "whole number of GiB"),
     ],
 )
 def test_config_errors_name_the_fix(overrides: dict[str, object], message: str) -> None:
