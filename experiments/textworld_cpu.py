@@ -62,6 +62,7 @@ class Experiment:
     critic_lr: float = 5e-5
     trainable_layers: int | None = 8
     amp: bool | str = "auto"  # bf16 autocast where bf16 is native (steppo_train.precision)
+    kv_cache_gib: int = 1  # ~23k tokens of fp32 KV: the 100-game evaluation's ~26k wait briefly; 2 GiB cost 1 GiB of RSS
     eval_every: int = 4
     seed: int = 0
 
@@ -127,7 +128,8 @@ def rl_command(exp: Experiment, warm: str, algo: str, run: Path, extra_sets: dic
     env = {**exp.env, "pool": "train", "pool_size": exp.rl_pool}
     sets = {"eval_env_kwargs": {"pool": "eval", "pool_size": exp.eval_pool, "draw": "cycle"}, "eval_tasks": exp.eval_pool,
             "eval_every": exp.eval_every, "actor_lr": exp.actor_lr, "critic_lr": exp.critic_lr,
-            "save_every": exp.rl_iterations, "amp": exp.amp, "trainable_layers": exp.trainable_layers, **(extra_sets or {})}
+            "save_every": exp.rl_iterations, "amp": exp.amp, "trainable_layers": exp.trainable_layers,
+            "kv_cache_gib": exp.kv_cache_gib, **(extra_sets or {})}
     return [*STEPPO, "train", "--algo", algo, "--model", warm, "--env", "steppo/TextWorld-v0", *_env_args(env),
             "--iterations", str(exp.rl_iterations), "--tasks", str(exp.tasks_per_iteration),
             "--group-size", str(exp.group_size), "--max-tokens", str(exp.max_tokens), "--seed", str(exp.seed),
