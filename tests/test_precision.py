@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,13 +71,18 @@ def test_bad_amp_values_are_config_errors() -> None:
 
 def test_real_probe_follows_a_capped_instruction_set() -> None:
     """On this machine's real CPU, capping oneDNN at AVX2 (how an AVX2-only CPU is simulated) turns
-    auto off, whatever the chip has; uncapped, the answer matches the chip's flags."""
-    code = "from steppo_train.precision import bf16_support; print(bf16_support('cpu').native)"
+    auto off, whatever the chip has; uncapped, the answer matches the chip's flags and torch's
+    capability as that process sees them."""
+    code = (
+        "import json, torch; from steppo_train.precision import bf16_support; print(json.dumps(["
+        "bf16_support('cpu').native, bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),"
+        "torch.backends.cpu.get_cpu_capability()]))"
+    )
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert capped.stdout.strip() == "False"
-    chip = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    assert json.loads(capped.stdout)[0] is False
     env.pop("ONEDNN_MAX_CPU_ISA")
     env.pop("ATEN_CPU_CAPABILITY", None)
     free = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert free.stdout.strip() == str(chip and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"))
+    native, chip, capability = json.loads(free.stdout)
+    assert native is (chip and capability in ("AVX512", "AMX"))
