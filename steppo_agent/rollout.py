@@ -42,9 +42,10 @@ from typing import Any
 
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import PolicyInfo, SamplingConfig, Step, Trajectory
+from steppo_envs.config import ConfigError, UserError
 from steppo_envs.progress import progress_bar
 
-__all__ = ["STATIC_INFO_KEYS", "EnvPool", "EnvResult", "RenderFn", "RolloutConfig", "RolloutStats", "derive_seed",
+__all__ = ["STATIC_INFO_KEYS", "EnvPool", "EnvSetupError", "OutputExistsError", "check_env", "EnvResult", "RenderFn", "RolloutConfig", "RolloutStats", "derive_seed",
            "replace_sampling", "resolve_env_spec", "run_rollout", "trajectory_id"]
 
 RenderFn = Callable[[Any, str, str, list[dict[str, Any]]], list[int]]
@@ -72,6 +73,9 @@ class RolloutConfig:
         output: JSONL file that receives each finished trajectory; ``None`` = keep in memory only.
         resume: when ``output`` exists, skip the trajectory ids already in it and append the rest.
         progress: show progress (a tqdm bar on a terminal, a plain line every 30 s in a log).
+        validate_env: before the first episode, build one env and reset it (:func:`check_env`), so a
+            misspelt option, a bad value, missing data or a missing extra raises a
+            :class:`~steppo_envs.UserError` before anything is written.
     """
 
     env_id: str
@@ -85,21 +89,22 @@ class RolloutConfig:
     output: str | Path | None = None
     resume: bool = False
     progress: bool = True
+    validate_env: bool = True
 
     def __post_init__(self) -> None:
         if self.num_tasks < 1:
-            raise ValueError(f"num_tasks={self.num_tasks} must be >= 1: pass --num-tasks 1 or more.")
+            raise ConfigError(f"num_tasks={self.num_tasks} must be >= 1: pass --num-tasks 1 or more.")
         if self.group_size < 1:
-            raise ValueError(f"group_size={self.group_size} must be >= 1: pass --group-size 1 or more.")
+            raise ConfigError(f"group_size={self.group_size} must be >= 1: pass --group-size 1 or more.")
         if self.env_workers < 0:
-            raise ValueError(f"env_workers={self.env_workers} must be >= 0: use 0 to step envs in this process.")
+            raise ConfigError(f"env_workers={self.env_workers} must be >= 0: use 0 to step envs in this process.")
         if self.max_active is not None and self.max_active < 1:
-            raise ValueError(f"max_active={self.max_active} must be >= 1, or None for all episodes at once.")
+            raise ConfigError(f"max_active={self.max_active} must be >= 1, or None for all episodes at once.")
         if self.group_size > 1 and self.sampling.temperature == 0.0:
-            raise ValueError(f"group_size={self.group_size} with temperature 0 gives identical samples: "
+            raise ConfigError(f"group_size={self.group_size} with temperature 0 gives identical samples: "
                              "set a temperature > 0 or use group_size=1.")
         if self.resume and self.output is None:
-            raise ValueError("resume=True needs an output file: set output (--output FILE) to the file to continue.")
+            raise ConfigError("resume=True needs an output file: set output (--output FILE) to the file to continue.")
         if not isinstance(self.sampling, SamplingConfig):
             raise TypeError(f"sampling must be a SamplingConfig, not {type(self.sampling).__name__}: use SamplingConfig(...).")
 
@@ -173,10 +178,50 @@ def resolve_env_spec(env_id: str) -> Any:
     try:
         return gymnasium.spec(name)
     except gymnasium.error.Error as exc:
-        raise ValueError(
+        raise ConfigError(
             f"unknown environment {name!r} ({exc}): run `steppo envs` for the registered ids, "
             "or pass 'module:namespace/Name-v0' to import the module that registers it."
         ) from None
+
+
+class EnvSetupError(UserError, RuntimeError):
+    """The environment could not be built or reset with the given options (before any episode)."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """The output file already holds trajectories and ``resume`` was not asked for."""
+
+
+def check_env(env_id: str, env_kwargs: dict[str, Any], seed: int = 0) -> None:
+    """Build one ``env_id`` env with ``env_kwargs`` and reset it with ``seed``, as the first episode will.
+
+    Raises:
+        ConfigError: unknown id, or options the env does not take (a typo) or a bad value.
+        DataDirError / MissingExtraError: the env's data folder or an optional package is missing.
+        EnvSetupError: anything else the env raised while being built or reset (the message has it).
+    """
+    import gymnasium
+
+    spec = resolve_env_spec(env_id)
+    try:
+        env = gymnasium.make(spec, **env_kwargs)
+    except UserError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"{spec.id} does not take the option(s) {', '.join(sorted(env_kwargs)) or '(none)'} ({exc}): "
+                          "check the --env-arg names against the env's config class.") from exc
+    except Exception as exc:
+        raise EnvSetupError(f"{spec.id} could not be created ({type(exc).__name__}: {exc}): check its options and "
+                            "data (--debug shows the traceback).") from exc
+    try:
+        env.reset(seed=seed)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise EnvSetupError(f"{spec.id} failed to reset with seed {seed} ({type(exc).__name__}: {exc}): check its "
+                            "options and data (--debug shows the traceback).") from exc
+    finally:
+        env.close()
 
 
 _Command = tuple[str, int, Any]  # ("reset", slot, seed) or ("step", slot, response text)
@@ -442,7 +487,7 @@ def run_rollout(
     done_ids: set[str] = set()
     if config.output is not None and Path(config.output).exists() and Path(config.output).stat().st_size > 0:
         if not config.resume:
-            raise FileExistsError(f"{config.output} already exists: pass --resume (resume=True) to continue it, "
+            raise OutputExistsError(f"{config.output} already exists: pass --resume (resume=True) to continue it, "
                                   "or choose another --output.")
         done_ids = read_ids(config.output, env_id=config.env_id)
     todo = deque((config.seed + i, j) for i in range(config.num_tasks) for j in range(config.group_size)
@@ -451,6 +496,8 @@ def run_rollout(
     stats.skipped = config.num_episodes - len(todo)
     if not todo:
         return []
+    if config.validate_env:
+        check_env(config.env_id, config.env_kwargs, seed=todo[0][0])
     n_slots = min(len(todo), config.max_active or len(todo))
     writer = TrajectoryWriter(config.output) if config.output is not None else None
     results: list[Trajectory] = []

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from steppo_agent.records import Trajectory
+from steppo_envs.config import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class TrajectoryFileError(ValueError):
+class TrajectoryFileError(UserError, ValueError):
     """A trajectory file is unreadable or does not match the run; the message names the fix."""
 
 

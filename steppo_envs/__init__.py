@@ -12,7 +12,7 @@ import gymnasium
 
 from steppo_envs.actions import ParsedAction, ToolCall, format_hint, parse_action
 from steppo_envs.checker import check_step_env
-from steppo_envs.config import ConfigError, build_config
+from steppo_envs.config import ConfigError, UserError, build_config
 from steppo_envs.contract import (
     MissingExtraError,
     StepInfo,
@@ -21,6 +21,7 @@ from steppo_envs.contract import (
     optional_import,
     text_space,
 )
+from steppo_envs.fuzzing import fuzz_env
 from steppo_envs.paths import DataDirError, cache_dir, resolve_data_dir
 from steppo_envs.render import Section, render_sections, truncate_text
 from steppo_envs.tools import ToolSpec
@@ -37,10 +38,12 @@ __all__ = [
     "TextSpace",
     "ToolCall",
     "ToolSpec",
+    "UserError",
     "build_config",
     "cache_dir",
     "check_step_env",
     "describe",
+    "fuzz_env",
     "format_hint",
     "make_info",
     "optional_import",
@@ -97,7 +100,7 @@ def register(id: str, entry_point: str, description: str) -> None:
     ``entry_point`` is a ``"module:Class"`` string so nothing is imported until ``gymnasium.make``.
     """
     if "/" not in id or not id.split("/")[-1].split("-v")[-1].isdigit():
-        raise ValueError(f"environment id {id!r} must look like 'namespace/Name-vN', e.g. 'myorg/MyTask-v0'.")
+        raise ConfigError(f"environment id {id!r} must look like 'namespace/Name-vN', e.g. 'myorg/MyTask-v0'.")
     if id not in gymnasium.registry:
         gymnasium.register(id=id, entry_point=entry_point, disable_env_checker=False)
     _DESCRIPTIONS[id] = description

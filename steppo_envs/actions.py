@@ -12,6 +12,11 @@ An action is the model's whole response for a step. It may start with free reaso
 
 Anything else parses to ``kind="invalid"`` with an ``error`` that environments echo back to the agent
 in the next observation, together with :func:`format_hint`.
+
+The parser never raises and runs in time linear in the response: the text is first passed through
+:func:`clean_action_text` (NUL bytes dropped, lone surrogates replaced), a response longer than
+:data:`MAX_ACTION_CHARS` is invalid, and tool-call JSON nested deeper than :data:`MAX_JSON_DEPTH`
+is rejected before it reaches the decoder (whose recursion would otherwise overflow).
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ from typing import Any, Literal
 
 from steppo_envs.tools import ToolSpec
 
-__all__ = ["ParsedAction", "ToolCall", "format_hint", "parse_action"]
+__all__ = ["MAX_ACTION_CHARS", "MAX_JSON_DEPTH", "ParsedAction", "ToolCall", "clean_action_text", "format_hint",
+           "parse_action"]
+
+#: Longest response the parser reads (characters); a longer one is an invalid action. Responses of a
+#: few hundred tokens are ~1-2k characters, so this only stops pathological input.
+MAX_ACTION_CHARS = 16_384
+#: Deepest ``[``/``{`` nesting accepted inside a tool call's JSON (real arguments nest 2-4 levels).
+MAX_JSON_DEPTH = 32
 
 ActionKind = Literal["tool_call", "answer", "invalid"]
 
@@ -84,6 +96,68 @@ def _invalid(error: str, reasoning: str = "", fmt: Literal["hermes", "compact", 
     return ParsedAction(kind="invalid", reasoning=reasoning, format=fmt, error=error)
 
 
+def clean_action_text(text: object) -> str:
+    """``text`` made safe to parse, store and echo: NUL bytes removed, lone surrogates (which cannot be
+    encoded as UTF-8, so no record holding them could be written) replaced by ``?``; a non-string
+    becomes ``""``. Environments call it on the raw action before using it anywhere."""
+    if not isinstance(text, str):
+        return ""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def json_nesting_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting of ``text`` outside JSON strings (one linear pass, never raises)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def _decode_json(text: str) -> tuple[Any, str | None]:
+    """``(value, None)`` or ``(None, why it is not acceptable JSON)``; bounded nesting, never raises."""
+    if json_nesting_depth(text) > MAX_JSON_DEPTH:
+        return None, f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"{exc.msg} at character {exc.pos}"
+    except (ValueError, RecursionError, TypeError) as exc:  # e.g. a number too long to convert
+        return None, str(exc).splitlines()[0][:120] or type(exc).__name__
+    return (_clean_json_strings(value) if "\\u" in text else value), None
+
+
+def _clean_json_strings(value: Any) -> Any:
+    """Decoded JSON with :func:`clean_action_text` applied to every string (``"\\u0000"`` and
+    ``"\\ud800"`` escapes decode to a NUL and a lone surrogate). Depth is bounded by the caller."""
+    if isinstance(value, str):
+        return clean_action_text(value)
+    if isinstance(value, list):
+        return [_clean_json_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {clean_action_text(k): _clean_json_strings(v) for k, v in value.items()}
+    return value
+
+
 def _clean_reasoning(text: str) -> str:
     return _REASONING_TAGS_RE.sub("", text).strip()
 
@@ -92,17 +166,15 @@ def _parse_tool_json(body: str) -> ToolCall | str:
     body = body.strip()
     if body.startswith("```"):
         body = body.strip("`").removeprefix("json").strip()
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
-        return f"the text inside <tool_call> is not valid JSON ({exc.msg} at character {exc.pos})"
+    obj, problem = _decode_json(body)
+    if problem is not None:
+        return f"the text inside <tool_call> is not valid JSON ({problem})"
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return 'a tool call must be a JSON object with a string "name" and an "arguments" object'
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
+        args, problem = _decode_json(args) if args.strip() else ({}, None)
+        if problem is not None:
             return '"arguments" must be a JSON object'
     if not isinstance(args, dict):
         return '"arguments" must be a JSON object'
@@ -125,15 +197,19 @@ def _find_bracket_end(text: str, start: int) -> int:
     return len(text)
 
 
-def _compact_matches(text: str, verbs: Sequence[str]) -> list[tuple[int, str, str]]:
+def _last_compact_match(text: str, verbs: Sequence[str]) -> tuple[int, str, str] | None:
+    """``(position, verb, argument)`` of the last compact action, or None. Only the last one's
+    bracket is scanned, so ``Search[Search[Search[...`` costs one pass, not one per verb."""
     if not verbs:
-        return []
+        return None
     pattern = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(re.escape(v) for v in verbs) + r")\s*\[", re.I)
-    found = []
-    for m in pattern.finditer(text):
-        end = _find_bracket_end(text, m.end())
-        found.append((m.start(), m.group(1).lower(), text[m.end() : end].strip()))
-    return found
+    last = None
+    for last in pattern.finditer(text):  # noqa: B007 (the loop keeps the last match)
+        pass
+    if last is None:
+        return None
+    end = _find_bracket_end(text, last.end())
+    return last.start(), last.group(1).lower(), text[last.end() : end].strip()
 
 
 def parse_action(
@@ -153,6 +229,10 @@ def parse_action(
     """
     if not isinstance(text, str):
         return _invalid("the action must be a string")
+    text = clean_action_text(text)
+    if len(text) > MAX_ACTION_CHARS:
+        return _invalid(f"the response is {len(text)} characters long; at most {MAX_ACTION_CHARS} are read: "
+                        "write one short action")
     by_name = {t.name: t for t in tools}
     tool_bodies = [(m.start(), m.group(1)) for m in _TOOL_CALL_RE.finditer(text)]
     answers = [(m.start(), m.group(1)) for m in _ANSWER_RE.finditer(text)] if allow_answer else []
@@ -178,10 +258,10 @@ def parse_action(
     verbs = [t.compact for t in tools if t.compact]
     if allow_answer:
         verbs.append("Answer")
-    matches = _compact_matches(text, verbs)
-    if not matches:
+    match = _last_compact_match(text, verbs)
+    if match is None:
         return _invalid("no action found", _clean_reasoning(text))
-    pos, verb, arg = matches[-1]
+    pos, verb, arg = match
     reasoning = _clean_reasoning(text[:pos])
     if verb == "answer" and allow_answer:
         if not arg:

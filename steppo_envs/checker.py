@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 
 from steppo_envs.contract import TextSpace
 
-__all__ = ["GARBLED_ACTIONS", "check_step_env"]
+__all__ = ["GARBLED_ACTIONS", "HOSTILE_ACTIONS", "check_step_env"]
 
 REQUIRED_INFO_KEYS = ("task_id", "system_prompt", "tools", "action", "valid", "step", "max_steps", "metrics")
 
@@ -27,6 +27,16 @@ GARBLED_ACTIONS: tuple[str, ...] = (
     "]]]][[[[",
     "\x00\x01\x02 \ufffd \U0001f600",
     "x" * 20_000,
+)
+
+#: Actions that crashed parsers before (deep nesting, escapes that decode to NUL / lone surrogates,
+#: numbers too long to convert): each must be a normal step whose output can be stored as UTF-8 JSON.
+HOSTILE_ACTIONS: tuple[str, ...] = (
+    '<tool_call>{"name": "search", "arguments": {"query": ' + "[" * 5000,
+    '<tool_call>{"name": "act", "arguments": {"command": "go\\u0000 \\ud800east", "query": "\\udc00"}}</tool_call>',
+    "Act[\ud800 go east\x00] Search[\udfff] <answer>\ud800</answer>",
+    '<tool_call>{"name": "search", "arguments": {"query": 1' + "0" * 5000 + "}}</tool_call>",
+    "Search[" * 5000,
 )
 
 
@@ -45,9 +55,9 @@ def _check_info(info: Any, where: str) -> None:
     missing = [k for k in REQUIRED_INFO_KEYS if k not in info]
     assert not missing, f"{where}: info misses {missing}"
     try:
-        json.dumps(info)
+        json.dumps(info, ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        raise AssertionError(f"{where}: info is not JSON-serialisable: {exc}") from exc
+        raise AssertionError(f"{where}: info is not JSON-serialisable as UTF-8: {exc}") from exc
 
 
 def _play(env: gym.Env[str, str], seed: int, actions: list[str]) -> list[Any]:
@@ -66,8 +76,9 @@ def check_step_env(env: gym.Env[str, str], *, seed: int = 0, skip_gym_check: boo
 
     Runs Gymnasium's ``check_env`` on the unwrapped env, then checks: text spaces; ``reset`` returns a
     str observation and a JSON-serialisable info with the standard keys; garbled actions never raise
-    and are reported invalid; an episode of garbled actions ends by truncation at ``max_steps``; the
-    same seed gives the same task and the same observations.
+    and are reported invalid; an episode of garbled actions ends by truncation at ``max_steps``;
+    :data:`HOSTILE_ACTIONS` never raise and give output storable as UTF-8 JSON; the same seed gives
+    the same task and the same observations.
     """
     base = env.unwrapped
     assert isinstance(base.observation_space, TextSpace), "observation_space must be steppo_envs.TextSpace"
@@ -98,6 +109,14 @@ def check_step_env(env: gym.Env[str, str], *, seed: int = 0, skip_gym_check: boo
     assert ended_by == (max_steps, False, True), (
         f"an episode of invalid actions must be truncated at step {max_steps}, got (steps, terminated, truncated)={ended_by}"
     )
+
+    env.reset(seed=seed)
+    for i, action in enumerate(HOSTILE_ACTIONS):
+        out = env.step(action)
+        _check_step_output(out, f"hostile step {i}")
+        out[0].encode("utf-8")  # the observation must be storable too
+        if out[2] or out[3]:
+            env.reset(seed=seed)
 
     probe = [GARBLED_ACTIONS[2], GARBLED_ACTIONS[7]]
     first, second = _play(env, seed + 1, probe), _play(env, seed + 1, probe)

@@ -19,6 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from steppo_envs.actions import ParsedAction
+from steppo_envs.config import UserError
 from steppo_envs.tools import ToolSpec
 
 __all__ = ["MissingExtraError", "StepInfo", "TextSpace", "make_info", "optional_import", "text_space"]
@@ -111,7 +112,7 @@ def make_info(
     )
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(UserError, ImportError):
     """An optional dependency is missing; the message names the pip extra that installs it."""
 
 

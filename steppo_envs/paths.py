@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from steppo_envs.config import UserError
+
 __all__ = ["DataDirError", "cache_dir", "resolve_data_dir"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class DataDirError(FileNotFoundError):
+class DataDirError(UserError, FileNotFoundError):
     """Raised when the data directory cannot be found; the message names the fix."""
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from steppo_envs.config import ConfigError, did_you_mean, validate_dataclass
+
 __all__ = ["ALGOS", "ALGO_DEFAULTS", "Algo", "TrainConfig", "load_config"]
 
 Algo = Literal["steppo", "ppo", "grpo", "rloo", "reinforce_pp", "gspo", "gigpo", "sft"]
@@ -77,6 +79,11 @@ class TrainConfig:
     """Step rows per optimizer step."""
     token_budget: int = 4096
     """Padded tokens per micro-batch (gradient accumulation packs rows up to this)."""
+    pad_multiple: int = 64
+    """Micro-batch widths are padded up to a multiple of this many tokens (1 = to the longest row), so a
+    run sees few distinct tensor shapes: on CPU, oneDNN keeps compiled bf16 kernels per shape, and
+    ever-new shapes made RSS grow ~0.1 GiB per iteration (benchmarks/bench_shape_memory.py). Padding
+    never changes a row's results; it costs ~pad_multiple/2 tokens of compute per micro-batch row."""
     actor_lr: float = 1e-6
     """Actor learning rate."""
     critic_lr: float = 1e-5
@@ -147,28 +154,30 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Cross-field checks; raise ``ValueError`` naming the fix."""
         if self.algo not in ALGOS:
-            raise ValueError(f"unknown algo {self.algo!r}: choose one of {', '.join(ALGOS)}.")
+            raise ConfigError(f"unknown algo {self.algo!r}: choose one of {', '.join(ALGOS)}.")
         if self.algo in ("grpo", "rloo", "gigpo") and self.group_size < 2 and not self.from_trajectories:
-            raise ValueError(f"{self.algo} needs group_size >= 2 (samples per task): pass --group-size 4.")
+            raise ConfigError(f"{self.algo} needs group_size >= 2 (samples per task): pass --group-size 4.")
         if not 0 <= self.clip_low < 1 or self.clip_high <= 0:
-            raise ValueError("clip_low must be in [0, 1) and clip_high > 0: e.g. --set clip_low=0.2 clip_high=0.28.")
+            raise ConfigError("clip_low must be in [0, 1) and clip_high > 0: e.g. --set clip_low=0.2 clip_high=0.28.")
+        if self.pad_multiple < 1:
+            raise ConfigError("pad_multiple must be >= 1 (1 = no rounding): e.g. --set pad_multiple=64.")
         if self.minibatch_size < 1 or self.token_budget < 64:
-            raise ValueError("minibatch_size must be >= 1 and token_budget >= 64.")
+            raise ConfigError("minibatch_size must be >= 1 and token_budget >= 64: e.g. --set minibatch_size=32 token_budget=4096.")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
-            raise ValueError("gamma and lam must be in [0, 1].")
+            raise ConfigError("gamma and lam must be in [0, 1]: e.g. --set gamma=0.99 lam=1.0.")
         if self.max_tokens >= self.max_model_len:
-            raise ValueError("max_tokens must be smaller than max_model_len: raise --set max_model_len=... .")
+            raise ConfigError("max_tokens must be smaller than max_model_len: raise --set max_model_len=... .")
         if self.amp not in (True, False, "auto"):
-            raise ValueError(f"amp must be true, false or \"auto\", not {self.amp!r}: e.g. --set amp=auto.")
+            raise ConfigError(f"amp must be true, false or \"auto\", not {self.amp!r}: e.g. --set amp=auto.")
         if self.amp is True and self.dtype == "bfloat16":
-            raise ValueError("amp keeps float32 weights and computes in bfloat16: use dtype=float32 with amp=true.")
+            raise ConfigError("amp keeps float32 weights and computes in bfloat16: use dtype=float32 with amp=true.")
         if self.kv_cache_gib < 1 or self.kv_cache_gib != int(self.kv_cache_gib):
-            raise ValueError("kv_cache_gib must be a whole number of GiB >= 1 (vLLM's CPU backend takes whole GiB): "
+            raise ConfigError("kv_cache_gib must be a whole number of GiB >= 1 (vLLM's CPU backend takes whole GiB): "
                              "e.g. --set kv_cache_gib=1.")
         if self.trainable_layers is not None and self.trainable_layers < 1:
-            raise ValueError("trainable_layers must be >= 1 (or unset to train every weight).")
+            raise ConfigError("trainable_layers must be >= 1 (or unset to train every weight).")
         if self.backend == "openai" and not self.base_urls:
-            raise ValueError("backend 'openai' needs at least one server: pass --base-url http://127.0.0.1:8000.")
+            raise ConfigError("backend 'openai' needs at least one server: pass --base-url http://127.0.0.1:8000.")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,7 +189,7 @@ def _coerce(raw: Any) -> Any:
     if isinstance(raw, str):
         try:
             return json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (or absurdly nested): the string itself
             return raw
     return raw
 
@@ -188,17 +197,17 @@ def _coerce(raw: Any) -> Any:
 def load_config(algo: str = "steppo", *, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults for ``algo`` ← YAML file ← ``overrides`` (unknown keys are errors naming valid ones)."""
     if algo not in ALGOS:
-        raise ValueError(f"unknown algo {algo!r}: choose one of {', '.join(ALGOS)}.")
+        raise ConfigError(f"unknown algo {algo!r}: choose one of {', '.join(ALGOS)}.")
     values: dict[str, Any] = {"algo": algo, **ALGO_DEFAULTS[algo]}
     if yaml_path is not None:
         import yaml
 
         try:
             loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read config file {str(yaml_path)!r} ({exc}): pass a readable YAML mapping.") from exc
+        except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {str(yaml_path)!r} ({exc}): pass a readable YAML mapping.") from exc
         if not isinstance(loaded, dict):
-            raise ValueError(f"config file {str(yaml_path)!r} must hold a mapping of field: value.")
+            raise ConfigError(f"config file {str(yaml_path)!r} must hold a mapping of field: value.")
         if "algo" in loaded and loaded["algo"] != algo:
             values.update(ALGO_DEFAULTS.get(str(loaded["algo"]), {}))
         values.update(loaded)
@@ -206,5 +215,6 @@ def load_config(algo: str = "steppo", *, yaml_path: str | Path | None = None, ov
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown training option(s) {', '.join(unknown)}: valid options are {', '.join(sorted(names))}.")
-    return TrainConfig(**values).validate()
+        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}{did_you_mean(unknown, names)}: "
+                          f"valid options are {', '.join(sorted(names))}.")
+    return validate_dataclass(TrainConfig, values).validate()

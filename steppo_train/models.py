@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from steppo_envs.config import ConfigError
+
 __all__ = [
     "Critic",
     "ModelConfig",
@@ -34,6 +36,7 @@ __all__ = [
     "load_actor",
     "load_critic",
     "pack_microbatches",
+    "padded_width",
     "response_logprobs",
     "response_token_stats",
     "values_at_action_tokens",
@@ -75,7 +78,7 @@ class ModelConfig:
 
 def _torch_dtype(dtype: Dtype) -> torch.dtype:
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be 'fp32' or 'bf16' (or 'float32' / 'bfloat16'), not {dtype!r}.")
+        raise ConfigError(f"dtype must be 'fp32' or 'bf16' (or 'float32' / 'bfloat16'), not {dtype!r}.")
     return _DTYPES[dtype]
 
 
@@ -92,12 +95,12 @@ def freeze_lower_layers(decoder: nn.Module, trainable_layers: int) -> None:
     step costs about ``forward + (N / L) * backward`` of the full model."""
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(
+        raise ConfigError(
             f"trainable_layers needs a decoder with a `.layers` ModuleList ({type(decoder).__name__} has none): "
             "leave trainable_layers unset to train every weight."
         )
     if not 1 <= trainable_layers <= len(layers):
-        raise ValueError(f"trainable_layers must be in 1..{len(layers)} for this model, not {trainable_layers}.")
+        raise ConfigError(f"trainable_layers must be in 1..{len(layers)} for this model, not {trainable_layers}.")
     for p in decoder.parameters():
         p.requires_grad_(False)
     for block in list(layers)[len(layers) - trainable_layers :]:
@@ -157,12 +160,24 @@ def load_critic(config: ModelConfig) -> Critic:
     return Critic(backbone, int(backbone.config.hidden_size), config.value_head_init_std)
 
 
+def padded_width(longest: int, pad_multiple: int = 1) -> int:
+    """``longest`` rounded up to a multiple of ``pad_multiple``: ``ceil(longest / m) * m``.
+
+    Rounding widths keeps the number of distinct tensor shapes of a run small. That matters on CPU
+    with bf16: oneDNN compiles and caches kernels per shape, so ever-new shapes (variable-length step
+    batches) make resident memory grow every iteration (benchmarks/bench_shape_memory.py).
+    """
+    m = max(1, int(pad_multiple))
+    return -(-int(longest) // m) * m
+
+
 def pack_microbatches(
-    samples: Sequence[tuple[Sequence[int], Sequence[int]]], token_budget: int
+    samples: Sequence[tuple[Sequence[int], Sequence[int]]], token_budget: int, pad_multiple: int = 1
 ) -> list[list[int]]:
     """Group ``(prompt_ids, response_ids)`` samples into micro-batches that fit ``token_budget``.
 
-    The padded token count of a micro-batch is ``len(batch) * max(len(prompt) + len(response))``.
+    The padded token count of a micro-batch is ``len(batch) * padded_width(max(len(prompt) +
+    len(response)), pad_multiple)``.
     Samples are taken longest first (ties in input order) and greedily appended to the current
     micro-batch while the padded count stays ``<= token_budget``; a sample longer than the budget
     on its own gets a micro-batch of its own (the only case that exceeds the budget).
@@ -178,7 +193,7 @@ def pack_microbatches(
     current: list[int] = []
     longest = 0
     for i in order:
-        if current and (len(current) + 1) * max(longest, lengths[i]) > token_budget:
+        if current and (len(current) + 1) * padded_width(max(longest, lengths[i]), pad_multiple) > token_budget:
             batches.append(current)
             current, longest = [], 0
         current.append(i)
@@ -193,8 +208,10 @@ def _right_pad(
     response_ids_list: Sequence[Sequence[int]],
     device: torch.device,
     pad_id: int = 0,
+    pad_multiple: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """``(input_ids, attention_mask)`` of ``prompt + response`` sequences, right-padded."""
+    """``(input_ids, attention_mask)`` of ``prompt + response`` sequences, right-padded to the longest
+    length rounded up to a multiple of ``pad_multiple`` (:func:`padded_width`)."""
     if len(prompt_ids_list) != len(response_ids_list):
         raise ValueError("prompt_ids_list and response_ids_list must have the same length.")
     seqs = [list(p) + list(r) for p, r in zip(prompt_ids_list, response_ids_list, strict=True)]
@@ -202,7 +219,7 @@ def _right_pad(
         raise ValueError(
             "every prompt needs at least one token (the first response token is predicted from it)."
         )
-    width = max((len(s) for s in seqs), default=0)
+    width = padded_width(max((len(s) for s in seqs), default=0), pad_multiple)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
     attn = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
     for i, s in enumerate(seqs):
@@ -268,6 +285,7 @@ def response_token_stats(
     temperature: float = 1.0,
     chunk_size: int = 512,
     with_entropy: bool = False,
+    pad_multiple: int = 1,
 ) -> TokenStats:
     """Log-probabilities (and optionally entropies) of each response token under a causal LM.
 
@@ -280,10 +298,11 @@ def response_token_stats(
     head matmul runs in the model's dtype; softcap, temperature and ``log_softmax`` in fp32.
 
     The model must expose ``get_decoder()`` (the base transformer, final norm included) and
-    ``get_output_embeddings()`` (the LM head), as HF causal LMs do.
+    ``get_output_embeddings()`` (the LM head), as HF causal LMs do. ``pad_multiple`` rounds the
+    padded width up (see :func:`padded_width`); padding never changes a sample's results.
     """
     device = _param_device(model)
-    ids, attn = _right_pad(prompt_ids_list, response_ids_list, device)
+    ids, attn = _right_pad(prompt_ids_list, response_ids_list, device, pad_multiple=pad_multiple)
     counts = [len(r) for r in response_ids_list]
     total = sum(counts)
     if total == 0:
@@ -330,31 +349,39 @@ def response_logprobs(
     *,
     temperature: float = 1.0,
     chunk_size: int = 512,
+    pad_multiple: int = 1,
 ) -> list[Tensor]:
     """Log-probability of each response token (fp32), one 1-D tensor per sample.
 
     See :func:`response_token_stats` (this is its ``logprobs`` without entropies).
     """
     stats = response_token_stats(
-        model, prompt_ids_list, response_ids_list, temperature=temperature, chunk_size=chunk_size
+        model, prompt_ids_list, response_ids_list, temperature=temperature, chunk_size=chunk_size,
+        pad_multiple=pad_multiple,
     )
     return stats.logprobs
 
 
-def values_at_last_prompt_token(critic: Critic, prompt_ids_list: Sequence[Sequence[int]]) -> Tensor:
+def values_at_last_prompt_token(
+    critic: Critic, prompt_ids_list: Sequence[Sequence[int]], *, pad_multiple: int = 1
+) -> Tensor:
     """StepPO's step values: the critic's value at the last prompt token of each step, ``[N]`` fp32.
 
     Only the prompts are run (the value of a state does not look at the response).
     """
     device = _param_device(critic)
-    ids, attn = _right_pad(prompt_ids_list, [[] for _ in prompt_ids_list], device)
+    ids, attn = _right_pad(prompt_ids_list, [[] for _ in prompt_ids_list], device, pad_multiple=pad_multiple)
     values = critic(ids, attn)
     last = torch.tensor([len(p) - 1 for p in prompt_ids_list], dtype=torch.long, device=device)
     return values[torch.arange(len(prompt_ids_list), device=device), last]
 
 
 def values_at_action_tokens(
-    critic: Critic, prompt_ids_list: Sequence[Sequence[int]], response_ids_list: Sequence[Sequence[int]]
+    critic: Critic,
+    prompt_ids_list: Sequence[Sequence[int]],
+    response_ids_list: Sequence[Sequence[int]],
+    *,
+    pad_multiple: int = 1,
 ) -> list[Tensor]:
     """Token-PPO values: for response token ``j`` the critic's value at position ``P - 1 + j``.
 
@@ -362,7 +389,7 @@ def values_at_action_tokens(
     first entry equals :func:`values_at_last_prompt_token`). One 1-D fp32 tensor per sample.
     """
     device = _param_device(critic)
-    ids, attn = _right_pad(prompt_ids_list, response_ids_list, device)
+    ids, attn = _right_pad(prompt_ids_list, response_ids_list, device, pad_multiple=pad_multiple)
     values = critic(ids, attn)
     sel = _predicting_positions(prompt_ids_list, response_ids_list, ids.shape[1], device)
     return list(torch.split(values[sel], [len(r) for r in response_ids_list]))

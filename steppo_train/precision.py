@@ -27,6 +27,8 @@ from typing import Literal
 
 import torch
 
+from steppo_envs.config import ConfigError
+
 __all__ = ["AmpSetting", "Bf16Support", "bf16_slowdown", "bf16_support", "cpu_bf16_native", "describe_cpu", "resolve_amp"]
 
 AmpSetting = bool | Literal["auto"]
@@ -135,7 +137,7 @@ def resolve_amp(setting: AmpSetting, device: torch.device | str = "cpu", *, anno
     measured slowdown and the fix (``amp=auto``).
     """
     if setting not in (True, False, "auto"):
-        raise ValueError(f"amp must be true, false or \"auto\", not {setting!r}: use --set amp=auto.")
+        raise ConfigError(f"amp must be true, false or \"auto\", not {setting!r}: use --set amp=auto.")
     support = bf16_support(device)
     if setting == "auto":
         chosen = support.native

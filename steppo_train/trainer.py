@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch import nn
 
 from steppo_agent.records import SamplingConfig, Trajectory
+from steppo_envs.config import ConfigError
+from steppo_envs.progress import progress_bar
 from steppo_train.batch import build_step_batch
 from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from steppo_train.config import TrainConfig
@@ -78,11 +80,11 @@ def _dist() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def _batched(fn, prompts, responses, token_budget):  # type: ignore[no-untyped-def]
+def _batched(fn, prompts, responses, token_budget, pad_multiple=1):  # type: ignore[no-untyped-def]
     """Run ``fn(prompts_mb, responses_mb) -> list`` over micro-batches packed by token budget, in row
     order; results come back on the CPU (targets and logging live there)."""
     out: list = [None] * len(prompts)
-    for mb in pack_microbatches(list(zip(prompts, responses, strict=True)), token_budget):
+    for mb in pack_microbatches(list(zip(prompts, responses, strict=True)), token_budget, pad_multiple):
         res = fn([prompts[i] for i in mb], [responses[i] for i in mb])
         for i, r in zip(mb, res, strict=True):
             out[i] = r.detach().cpu()
@@ -120,6 +122,7 @@ def _collect(config: TrainConfig, policy, iteration: int, out_dir: Path) -> list
         output=path,
         resume=True,
         progress=True,
+        validate_env=False,  # checked once before training (_preflight)
     )
     run_rollout(policy, rollout)
     return read_trajectories(path)
@@ -168,6 +171,23 @@ def _push(policy, actor: nn.Module) -> None:  # type: ignore[no-untyped-def]
         raise TypeError(f"policy backend {type(policy).__name__} cannot receive weights.")
 
 
+def _preflight(config: TrainConfig) -> None:
+    """Check what the user named before any model loads: the env and its options / data (train and
+    eval), or the offline trajectory files. Raises a :class:`~steppo_envs.UserError`."""
+    from steppo_agent.rollout import check_env
+    from steppo_agent.trajectory_io import TrajectoryFileError
+
+    if config.from_trajectories:
+        missing = [f for f in config.from_trajectories if not Path(f).is_file()]
+        if missing:
+            raise TrajectoryFileError(f"--from-trajectories {', '.join(missing)}: no such file; pass JSONL files "
+                                      "written by `steppo rollout --output`.")
+        return
+    check_env(config.env_id, config.env_kwargs, seed=config.seed)
+    if config.eval_every > 0 and config.eval_env_kwargs:
+        check_env(config.env_id, {**config.env_kwargs, **config.eval_env_kwargs}, seed=1_000_000)
+
+
 # -- the loop ----------------------------------------------------------------------------------------
 def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[no-untyped-def]
     """Train ``config.algo``: metrics.jsonl, learning_curves.png and checkpoints/ go to ``config.output_dir``.
@@ -181,6 +201,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model(config.model)
+    _preflight(config)
 
     # models and optimizers (on this rank's GPU when there is one)
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
@@ -216,7 +237,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
 
         offline = [t for f in config.from_trajectories for t in read_trajectories(f)]
         if not offline:
-            raise ValueError(f"no trajectories in {config.from_trajectories}: check the files or run `steppo rollout` first.")
+            raise ConfigError(f"no trajectories in {config.from_trajectories}: check the files or run `steppo rollout` first.")
     elif rank == 0 and policy is None:
         from steppo_agent.policies import PolicyConfig, make_policy
 
@@ -228,6 +249,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
     if policy is not None and state.next_iteration > 0:
         _push(policy, actor)
 
+    pad = config.pad_multiple
     use_amp = resolve_amp(config.amp, device, announce=rank == 0) if config.dtype == "float32" else False
 
     def amp():  # type: ignore[no-untyped-def]
@@ -267,7 +289,8 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
             old_logprobs = [torch.zeros(len(r)) for r in batch.response_ids]
         else:
             with amp():
-                old_logprobs = _batched(lambda p, r: response_logprobs(actor, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
+                old_logprobs = _batched(lambda p, r: response_logprobs(actor, p, r, pad_multiple=pad), batch.prompt_ids,
+                                        batch.response_ids, config.token_budget, pad)
         gaps = [
             (o - torch.tensor(s)).abs() for o, s in zip(old_logprobs, batch.rollout_logprobs, strict=True)
             if len(s) and len(s) == o.numel() and config.algo != "sft"
@@ -279,7 +302,8 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
         memory.after("old_logprobs")
         with amp():
             ref_logprobs = (
-                _batched(lambda p, r: response_logprobs(reference, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
+                _batched(lambda p, r: response_logprobs(reference, p, r, pad_multiple=pad), batch.prompt_ids,
+                         batch.response_ids, config.token_budget, pad)
                 if reference is not None
                 else None
             )
@@ -291,11 +315,13 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
             with amp():
                 if config.algo == "steppo":
                     step_values = torch.stack(_batched(
-                        lambda p, r: list(values_at_last_prompt_token(critic, p)), batch.prompt_ids, batch.response_ids, config.token_budget
+                        lambda p, r: list(values_at_last_prompt_token(critic, p, pad_multiple=pad)), batch.prompt_ids,
+                        batch.response_ids, config.token_budget, pad,
                     ))
                     metrics["charts/value_mean"] = float(step_values.mean())
                 else:
-                    token_values = _batched(lambda p, r: values_at_action_tokens(critic, p, r), batch.prompt_ids, batch.response_ids, config.token_budget)
+                    token_values = _batched(lambda p, r: values_at_action_tokens(critic, p, r, pad_multiple=pad),
+                                            batch.prompt_ids, batch.response_ids, config.token_budget, pad)
 
         memory.after("values")
 
@@ -312,6 +338,8 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
         generator = torch.Generator().manual_seed(config.seed * 7919 + iteration)
         sums: dict[str, float] = {}
         n_minibatches = 0
+        bar = progress_bar(total=config.ppo_epochs * math.ceil(len(data.units) / config.minibatch_size),
+                           desc=f"update {iteration + 1}", unit="minibatch", enabled=rank == 0)
         for _epoch in range(config.ppo_epochs):
             order = torch.randperm(len(data.units), generator=generator).tolist()
             for start in range(0, len(order), config.minibatch_size):
@@ -320,7 +348,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
                 mb_tokens = sum(len(batch.response_ids[r]) for r in mb_rows)
                 for opt in optimizers.values():
                     opt.zero_grad(set_to_none=True)
-                packs = pack_units([data.units[u] for u in mb_units], batch, config.token_budget)
+                packs = pack_units([data.units[u] for u in mb_units], batch, config.token_budget, pad)
                 for pack in packs[rank::world]:
                     units = [mb_units[i] for i in pack]
                     with amp():
@@ -344,8 +372,10 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
                     torch.nn.utils.clip_grad_norm_(critic_params, config.max_grad_norm)
                     optimizers["critic"].step()
                 n_minibatches += 1
+                bar.update(1)
                 if config.trim_memory:  # the update's activations leave the most free heap behind
                     release_free_memory(collect=False)
+        bar.close()
         metrics.update({k: v / max(1, n_minibatches) for k, v in sums.items()})
         t_update = time.perf_counter() - t_start - t_rollout
         memory.after("update")

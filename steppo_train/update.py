@@ -17,7 +17,12 @@ from torch import Tensor, nn
 from steppo_train import losses as L
 from steppo_train.batch import StepBatch
 from steppo_train.config import TrainConfig
-from steppo_train.models import response_token_stats, values_at_action_tokens, values_at_last_prompt_token
+from steppo_train.models import (
+    padded_width,
+    response_token_stats,
+    values_at_action_tokens,
+    values_at_last_prompt_token,
+)
 from steppo_train.targets import RowTargets
 
 __all__ = ["IterationData", "actor_loss", "critic_loss", "make_units", "pack_units", "pad_rows"]
@@ -46,9 +51,12 @@ def make_units(config: TrainConfig, batch: StepBatch) -> list[list[int]]:
     return [sorted(rows, key=lambda r: int(batch.step_index[r])) for _, rows in sorted(by_traj.items())]
 
 
-def pack_units(units: Sequence[Sequence[int]], batch: StepBatch, token_budget: int) -> list[list[int]]:
-    """Greedy packing of unit indices so each micro-batch's padded size (rows x longest row) fits
-    ``token_budget``; a unit larger than the budget on its own gets its own micro-batch."""
+def pack_units(
+    units: Sequence[Sequence[int]], batch: StepBatch, token_budget: int, pad_multiple: int = 1
+) -> list[list[int]]:
+    """Greedy packing of unit indices so each micro-batch's padded size (rows x longest row, rounded
+    up to a multiple of ``pad_multiple``) fits ``token_budget``; a unit larger than the budget on its
+    own gets its own micro-batch."""
     def row_len(r: int) -> int:
         return len(batch.prompt_ids[r]) + len(batch.response_ids[r])
 
@@ -58,7 +66,7 @@ def pack_units(units: Sequence[Sequence[int]], batch: StepBatch, token_budget: i
     rows, longest = 0, 0
     for u in order:
         n, m = len(units[u]), max(row_len(r) for r in units[u])
-        if current and (rows + n) * max(longest, m) > token_budget:
+        if current and (rows + n) * padded_width(max(longest, m), pad_multiple) > token_budget:
             packs.append(current)
             current, rows, longest = [], 0, 0
         current.append(u)
@@ -93,7 +101,8 @@ def actor_loss(
     rows = [r for u in unit_ids for r in data.units[u]]
     want_entropy = config.entropy_coef > 0
     stats = response_token_stats(
-        actor, [b.prompt_ids[r] for r in rows], [b.response_ids[r] for r in rows], with_entropy=want_entropy
+        actor, [b.prompt_ids[r] for r in rows], [b.response_ids[r] for r in rows], with_entropy=want_entropy,
+        pad_multiple=config.pad_multiple,
     )
     pos = {r: i for i, r in enumerate(rows)}
     new = stats.logprobs
@@ -152,13 +161,14 @@ def critic_loss(
     """The critic's weighted clipped value loss on one micro-batch of rows."""
     b, t = data.batch, data.targets
     if config.algo == "steppo":
-        v = values_at_last_prompt_token(critic, [b.prompt_ids[r] for r in rows])  # type: ignore[arg-type]
+        v = values_at_last_prompt_token(critic, [b.prompt_ids[r] for r in rows], pad_multiple=config.pad_multiple)  # type: ignore[arg-type]
         idx = torch.tensor(list(rows))
         old, ret = t.old_values[idx].to(v.device), t.returns[idx].to(v.device)  # type: ignore[index]
         loss, st = L.value_loss(v, old, ret, torch.ones_like(v, dtype=torch.bool), config.value_clip)
         weight = len(rows) / max(1, minibatch_rows)
     else:
-        vs = values_at_action_tokens(critic, [b.prompt_ids[r] for r in rows], [b.response_ids[r] for r in rows])  # type: ignore[arg-type]
+        vs = values_at_action_tokens(critic, [b.prompt_ids[r] for r in rows], [b.response_ids[r] for r in rows],  # type: ignore[arg-type]
+                                     pad_multiple=config.pad_multiple)
         v, mask = pad_rows(vs)
         old = pad_rows([t.old_values[r] for r in rows], v.shape[1])[0].to(v.device)  # type: ignore[index]
         ret = pad_rows([t.returns[r] for r in rows], v.shape[1])[0].to(v.device)  # type: ignore[index]

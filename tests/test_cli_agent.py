@@ -44,8 +44,9 @@ def test_rollout_prints_one_episode_step_by_step(tmp_path: Path, capsys: pytest.
     assert f"wrote 1 trajectories to {out}" in text
     [t] = read_trajectories(out)
     assert t.env_id == TOY and t.sampling.temperature == 1.0
-    with pytest.raises(SystemExit, match="--resume"):
-        main(["rollout", "--env", TOY, *FAKE, "--output", str(out)])
+    capsys.readouterr()
+    assert main(["rollout", "--env", TOY, *FAKE, "--output", str(out)]) == 2
+    assert "steppo: error:" in (err := capsys.readouterr().err) and "--resume" in err
 
 
 def test_eval_prints_a_table_and_inspect_summarises_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

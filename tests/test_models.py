@@ -19,6 +19,7 @@ from steppo_train.models import (  # noqa: E402
     load_actor,
     load_critic,
     pack_microbatches,
+    padded_width,
     response_logprobs,
     response_token_stats,
     values_at_action_tokens,
@@ -189,6 +190,39 @@ def test_pack_microbatches_hand_example() -> None:
     assert pack_microbatches([], 10) == []
     with pytest.raises(ValueError, match="token_budget"):
         pack_microbatches(samples, 0)
+
+
+def test_padded_width_and_packing_with_a_pad_multiple() -> None:
+    assert [padded_width(n, 64) for n in (0, 1, 64, 65, 128)] == [0, 64, 64, 128, 128]
+    assert padded_width(37, 1) == 37 and padded_width(37, 0) == 37
+    samples = [([1] * 3, [2] * 2), ([1] * 8, [2] * 2), ([1], [2]), ([1] * 4, [2] * 4), ([1] * 30, [2] * 2)]
+    # lengths 5, 10, 2, 8, 32 padded to multiples of 8: 8, 16, 8, 8, 32; budget 20:
+    # [32] alone, [10] alone (2 x 16 > 20), [8, 5] (2 x 8), [2] (3 x 8 > 20)
+    assert pack_microbatches(samples, 20, pad_multiple=8) == [[4], [1], [3, 0], [2]]
+
+
+def test_pad_multiple_never_changes_results(actor: LlamaForCausalLM, critic: Critic) -> None:
+    with torch.no_grad():
+        plain = response_logprobs(actor, PROMPTS, RESPONSES)
+        padded = response_logprobs(actor, PROMPTS, RESPONSES, pad_multiple=16)
+        for a, b in zip(plain, padded, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(values_at_last_prompt_token(critic, PROMPTS),
+                                   values_at_last_prompt_token(critic, PROMPTS, pad_multiple=16), atol=1e-5, rtol=0)
+        for a, b in zip(values_at_action_tokens(critic, PROMPTS, RESPONSES),
+                        values_at_action_tokens(critic, PROMPTS, RESPONSES, pad_multiple=16), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(0, 40)), max_size=30), st.integers(1, 200), st.integers(1, 16))
+def test_padded_packing_respects_budget(lengths: list[tuple[int, int]], budget: int, multiple: int) -> None:
+    samples = [([0] * p, [1] * r) for p, r in lengths]
+    batches = pack_microbatches(samples, budget, pad_multiple=multiple)
+    assert sorted(i for b in batches for i in b) == list(range(len(samples)))
+    for batch in batches:
+        width = padded_width(max(sum(lengths[i]) for i in batch), multiple)
+        assert len(batch) * width <= budget or len(batch) == 1
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,5 +1,11 @@
 """The ``steppo`` command line. Each sub-command lives in its own module with ``add_parser(subparsers)``;
-modules import heavy dependencies (torch, vllm) only inside their ``run`` function."""
+modules import heavy dependencies (torch, vllm) only inside their ``run`` function.
+
+Errors: every mistake of the user's (a :class:`steppo_envs.UserError`, a pydantic validation error,
+a bad flag) ends the command with one line ``steppo: error: <what> — <how to fix>`` on stderr and
+exit code 2. ``--debug`` (or ``STEPPO_DEBUG=1``) shows the traceback instead, for bug reports. Any
+other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,25 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
+
+import pydantic
 
 from steppo_agent.policies.vllm_settings import BenignNoticeFilter
+from steppo_envs.config import UserError, describe_validation_error
 from steppo_envs.progress import interactive
 
-__all__ = ["build_parser", "main"]
+__all__ = ["ERROR_PREFIX", "Parser", "build_parser", "main"]
+
+ERROR_PREFIX = "steppo: error: "
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported as one ``steppo: error:`` line (exit code 2) instead of
+    the usage block; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{ERROR_PREFIX}{message} (see {self.prog} --help)\n")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -29,12 +49,14 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steppo", description="Step-level agentic RL for LLM agents.")
+    parser = Parser(prog="steppo", description="Step-level agentic RL for LLM agents.")
     parser.add_argument(
         "--log-level", type=str.upper, choices=LOG_LEVELS, default=None,
         help="log level of steppo and of the vLLM engine (default WARNING; also STEPPO_LOG_LEVEL, "
              "or VLLM_LOGGING_LEVEL for vLLM alone)",
     )
+    parser.add_argument("--debug", action="store_true", default=None,
+                        help="show the traceback of a user error (also STEPPO_DEBUG=1), for bug reports")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:
@@ -62,6 +84,19 @@ def _configure_logging(level: str | None) -> None:
         handler.addFilter(BenignNoticeFilter())
 
 
+def user_error_line(exc: BaseException) -> str:
+    """The one line printed for a user error (its message; a pydantic error as ``field: problem``)."""
+    if isinstance(exc, pydantic.ValidationError):
+        message = f"bad value: {describe_validation_error(exc)}: pass a value the option allows (see --help)."
+    else:
+        message = str(exc) or type(exc).__name__
+    return ERROR_PREFIX + " ".join(message.split())
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(args.debug) or os.environ.get("STEPPO_DEBUG", "").lower() in ("1", "true", "yes", "on")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (UserError, pydantic.ValidationError) as exc:
+        if _debug(args):
+            raise
+        sys.stdout.flush()
+        print(user_error_line(exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+from pathlib import Path
 from typing import Any
 
-__all__ = ["parse_env_kwargs"]
+from steppo_envs.config import UserError
+
+__all__ = ["UsageError", "check_readable_file", "check_writable_dir", "parse_env_kwargs"]
 
 
-def parse_env_kwargs(items: list[str] | None) -> dict[str, Any]:
-    """Parse repeated ``--env-arg key=value`` options; values are JSON when they parse, else strings."""
+class UsageError(UserError, ValueError):
+    """A flag or argument of the command line is wrong; the message names the fix."""
+
+
+def parse_env_kwargs(items: list[str] | None, flag: str = "--env-arg") -> dict[str, Any]:
+    """Parse repeated ``KEY=VALUE`` options; values are JSON when they parse, else strings."""
     out: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"--env-arg {item!r} must look like key=value, e.g. --env-arg max_steps=5")
-        key, value = item.split("=", 1)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} {item!r} must look like key=value, e.g. {flag} max_steps=5.")
         try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+            out[key.strip()] = json.loads(value)
+        except (ValueError, RecursionError):  # not JSON (or absurdly nested): the string itself
+            out[key.strip()] = value
     return out
+
+
+def check_writable_dir(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` if needed and check it is writable, else a :class:`UsageError` naming ``what``."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the {what} folder {str(path)!r} ({exc.strerror or exc}): "
+                         "choose a folder you can write to.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"the {what} folder {str(path)!r} is not writable: choose a folder you can write to.")
+    return path
+
+
+def check_readable_file(file: str | Path, what: str) -> Path:
+    """``file`` if it is a readable file, else a :class:`UsageError` naming ``what``."""
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{what} {str(path)!r} does not exist or is not a file: check the path.")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{what} {str(path)!r} is not readable: check its permissions.")
+    return path

@@ -21,14 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from steppo_envs.config import ConfigError
     from steppo_envs.textworld_env.games import ensure_games, pool_refs
 
-    try:
-        refs = pool_refs(args.preset, args.level, args.pool, args.size, root=args.cache_dir)
-    except ConfigError as exc:
-        print(f"error: {exc}")
-        return 2
+    refs = pool_refs(args.preset, args.level, args.pool, args.size, root=args.cache_dir)
     ensure_games(refs, desc=f"{args.preset} L{args.level} {args.pool}")
     print(f"{len(refs)} games ready in {refs[0].path.parent}")
     return 0

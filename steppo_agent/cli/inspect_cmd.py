@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from steppo_agent.cli.common import check_readable_file
+
 __all__ = ["add_parser"]
 
 
@@ -20,12 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     from steppo_agent.analysis import format_split_table, format_summary, plot_summary, split_table, summarize
-    from steppo_agent.trajectory_io import TrajectoryFileError, export_parquet, read_trajectories
+    from steppo_agent.trajectory_io import export_parquet, read_trajectories
 
-    try:
-        trajs = read_trajectories(args.file)
-    except TrajectoryFileError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    trajs = read_trajectories(check_readable_file(args.file, "trajectory file"))
     summary = summarize(trajs)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

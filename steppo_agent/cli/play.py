@@ -21,9 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     import gymnasium
 
-    import steppo_envs  # noqa: F401  (registers ids)
+    from steppo_agent.rollout import check_env, resolve_env_spec
 
-    env = gymnasium.make(args.env_id, **parse_env_kwargs(args.env_arg))
+    env_kwargs = parse_env_kwargs(args.env_arg)
+    check_env(args.env_id, env_kwargs, seed=args.seed)
+    env = gymnasium.make(resolve_env_spec(args.env_id), **env_kwargs)
     obs, info = env.reset(seed=args.seed)
     print(f"== system ==\n{info['system_prompt']}\n")
     total = 0.0

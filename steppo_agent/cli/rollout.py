@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steppo_agent.cli.common import parse_env_kwargs
+from steppo_agent.cli.common import UsageError, check_writable_dir, parse_env_kwargs
 
 __all__ = ["DEFAULT_ENV", "SPLIT_OPTION", "add_parser", "build_policy", "default_output"]
 
@@ -77,8 +77,12 @@ def build_policy(args: argparse.Namespace) -> Any:
     if args.policy:
         module, _, name = args.policy.partition(":")
         if not name:
-            raise SystemExit(f"--policy {args.policy!r} must look like MODULE:FACTORY, e.g. mypkg.policies:make")
-        return getattr(importlib.import_module(module), name)(args.model)
+            raise UsageError(f"--policy {args.policy!r} must look like MODULE:FACTORY, e.g. mypkg.policies:make.")
+        try:
+            factory = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise UsageError(f"--policy {args.policy!r} cannot be loaded ({exc}): check the module and factory names.") from None
+        return factory(args.model)
     if args.backend == "expert":
         from steppo_agent.policies.expert import ExpertPolicy
 
@@ -110,18 +114,23 @@ def _print_end(traj: Any) -> None:
 
 
 def _run(args: argparse.Namespace, kind: str, sampling: Any, group_size: int, env_kwargs: dict[str, Any]) -> tuple[Path, list[Any]]:
-    from steppo_agent.rollout import RolloutConfig, RolloutStats, run_rollout
+    from steppo_agent.rollout import OutputExistsError, RolloutConfig, RolloutStats, check_env, run_rollout
 
     if args.resume and args.output is None:
-        raise SystemExit("--resume needs --output FILE: the file to continue.")
+        raise UsageError("--resume needs --output FILE: the file to continue.")
     output = args.output or default_output(kind, args.env)
-    try:
-        config = RolloutConfig(
-            env_id=args.env, env_kwargs=env_kwargs, num_tasks=args.num_tasks, group_size=group_size, seed=args.seed,
-            sampling=sampling, env_workers=args.workers, max_active=args.max_active, output=output, resume=args.resume,
-        )
-    except (ValueError, TypeError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    check_writable_dir(output.parent, "output")
+    if output.is_dir():
+        raise UsageError(f"--output {str(output)!r} is a folder: pass a file name, e.g. {output / 'rollout.jsonl'}.")
+    config = RolloutConfig(
+        env_id=args.env, env_kwargs=env_kwargs, num_tasks=args.num_tasks, group_size=group_size, seed=args.seed,
+        sampling=sampling, env_workers=args.workers, max_active=args.max_active, output=output, resume=args.resume,
+    )
+    if output.exists() and output.stat().st_size > 0 and not args.resume:
+        raise OutputExistsError(f"{output} already exists: pass --resume to continue it, or choose another --output.")
+    # everything the user typed is checked before the model loads and before the file is touched
+    check_env(config.env_id, config.env_kwargs, seed=config.seed)
+    config.validate_env = False
     verbose = args.verbose if args.verbose is not None else config.num_episodes == 1
     policy = build_policy(args)
     stats = RolloutStats()
@@ -130,8 +139,6 @@ def _run(args: argparse.Namespace, kind: str, sampling: Any, group_size: int, en
             policy, config, stats=stats,
             on_step=_print_step if verbose else None, on_trajectory=_print_end if verbose else None,
         )
-    except (FileExistsError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
     finally:
         policy.close()
     print(

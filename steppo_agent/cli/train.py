@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from steppo_agent.cli.common import parse_env_kwargs
+from steppo_agent.cli.common import check_readable_file, check_writable_dir, parse_env_kwargs
 
 __all__ = ["add_parser"]
 
@@ -50,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
         overrides["env_kwargs"] = parse_env_kwargs(args.env_arg)
     if args.eval_env_arg:
         overrides["eval_env_kwargs"] = parse_env_kwargs(args.eval_env_arg)
-    overrides.update(parse_env_kwargs(args.set))
+    overrides.update(parse_env_kwargs(args.set, flag="--set"))
+    if args.config is not None:
+        check_readable_file(args.config, "config file")
     config = load_config(args.algo, yaml_path=args.config, overrides=overrides)
+    check_writable_dir(config.output_dir, "output")
     result = train(config)
     print(f"done: metrics in {result.metrics_path}, curves in {result.output_dir / 'learning_curves.png'}")
     return 0

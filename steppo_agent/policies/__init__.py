@@ -25,6 +25,7 @@ from typing import Literal
 
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import SamplingConfig
+from steppo_envs.config import ConfigError
 from steppo_envs.contract import MissingExtraError
 
 __all__ = [
@@ -131,7 +132,7 @@ def make_policy(config: PolicyConfig) -> Policy:
         return HFPolicy(
             config.model, dtype=config.dtype, max_model_len=config.max_model_len, batch_size=config.hf_batch_size
         )
-    raise ValueError(f"unknown policy backend {config.backend!r}: use 'vllm', 'openai' or 'hf'.")
+    raise ConfigError(f"unknown policy backend {config.backend!r}: use 'vllm', 'openai' or 'hf'.")
 
 
 def resolve_seeds(

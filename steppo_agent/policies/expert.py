@@ -19,8 +19,13 @@ from typing import Any
 
 from steppo_agent.policies.base import Generation
 from steppo_agent.records import SamplingConfig
+from steppo_envs.config import UserError
 
-__all__ = ["ExpertPolicy"]
+__all__ = ["ExpertPolicy", "ExpertUnavailableError"]
+
+
+class ExpertUnavailableError(UserError, ValueError):
+    """The environment offers no expert command (expert=False, or no walkthrough/plan for a state)."""
 
 
 class ExpertPolicy:
@@ -65,11 +70,18 @@ class ExpertPolicy:
             raise ValueError("ExpertPolicy needs each episode's info: run it through steppo_agent.rollout.run_rollout.")
         out = []
         for info in infos:
-            command = (info.get("extra") or {}).get("expert_command")
-            if not command:
-                raise ValueError(
+            extra = info.get("extra") or {}
+            command = extra.get("expert_command")
+            if "expert_command" not in extra:
+                raise ExpertUnavailableError(
                     "the environment gives no info['extra']['expert_command']: make it with expert=True "
                     "(--env-arg expert=true); only envs with an expert (TextWorld, ALFWorld) support this policy."
+                )
+            if not command:
+                raise ExpertUnavailableError(
+                    f"the expert has no next command for task {info.get('task_id', '?')!r} at step {info.get('step', '?')} "
+                    "(expert=true is set, but the game has no walkthrough and the planner found no plan for this "
+                    "state): use games generated with a walkthrough (steppo games make writes one) or another --backend."
                 )
             text = self.template.format(command=command)
             ids = self.tokenizer.encode(text, add_special_tokens=False) + [self._eos]

@@ -28,6 +28,7 @@ from steppo_agent.policies import error_generation, resolve_seeds
 from steppo_agent.policies.base import Generation
 from steppo_agent.policies.weight_sync import WEIGHT_SYNC_EXTENSION
 from steppo_agent.records import SamplingConfig
+from steppo_envs.config import ConfigError, UserError
 
 __all__ = ["OpenAIPolicy", "PolicyServerError", "parse_completion"]
 
@@ -35,7 +36,7 @@ T = TypeVar("T")
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-class PolicyServerError(ConnectionError):
+class PolicyServerError(UserError, ConnectionError):
     """No OpenAI-compatible server answered; the message names the URLs and the fix."""
 
 
@@ -107,7 +108,7 @@ class OpenAIPolicy:
         from transformers import AutoTokenizer
 
         if not base_urls:
-            raise ValueError("OpenAIPolicy needs at least one base URL: pass base_urls=['http://127.0.0.1:8000'].")
+            raise ConfigError("OpenAIPolicy needs at least one base URL: pass base_urls=['http://127.0.0.1:8000'].")
         self.model = model
         self.model_path = resolve_model(model)
         self.version = 0

@@ -14,7 +14,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from steppo_envs.actions import ParsedAction, format_hint, parse_action
+from steppo_envs.actions import ParsedAction, clean_action_text, format_hint, parse_action
 from steppo_envs.config import ConfigError, build_config
 from steppo_envs.contract import StepInfo, make_info, text_space
 from steppo_envs.metrics import best_f1, exact_match
@@ -225,6 +225,7 @@ class MultiHopQAEnv(gym.Env[str, str]):
             raise RuntimeError("the MultiHopQA episode has ended: call reset() to start a new one.")
         cfg = self.config
         self._step += 1
+        action = clean_action_text(action)
         parsed = parse_action(action, self.tools, allow_answer=True, max_tool_calls=cfg.max_tool_calls)
         if parsed.kind == "tool_call":
             queries = [str(c.arguments.get("query", "")).strip()[: cfg.max_query_chars] for c in parsed.tool_calls]

@@ -16,7 +16,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from steppo_envs.actions import ParsedAction, ToolCall, format_hint, parse_action
+from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
 from steppo_envs.config import ConfigError, build_config
 from steppo_envs.contract import StepInfo, make_info, text_space
 from steppo_envs.paper_search.data import SPLITS, PaperSearchResources, PaperTask, load_resources, load_tasks
@@ -260,6 +260,7 @@ class PaperSearchEnv(gym.Env[str, str]):
         cfg = self.config
         ep.step += 1
         ep.last_notes, ep.last_hits, ep.feedback = [], [], None
+        action = clean_action_text(action)
         parsed = parse_action(action, self.tools, allow_answer=False, max_tool_calls=cfg.max_tool_calls)
         if parsed.valid:
             problem = next((p for p in map(self._argument_problem, parsed.tool_calls) if p), None)

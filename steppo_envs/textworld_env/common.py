@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from steppo_envs.actions import ParsedAction, ToolCall, format_hint, parse_action
+from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
 from steppo_envs.render import Section, render_sections, truncate_text
 from steppo_envs.tools import ToolSpec
 
@@ -106,6 +106,7 @@ def _invalid(parsed: ParsedAction, error: str) -> CommandChoice:
 
 def read_command(text: str, tools: Sequence[ToolSpec], max_command_chars: int) -> CommandChoice:
     """Read one game command from a whole response (see the module docstring). Never raises."""
+    text = clean_action_text(text)
     parsed = parse_action(text, tools, allow_answer=False)
     if parsed.kind == "tool_call":
         raw = parsed.tool_calls[0].arguments.get("command", "")

@@ -1,0 +1,137 @@
+"""Bad invocations end with one line ``steppo: error: <what> — <how to fix>`` and exit code 2.
+
+Table-driven: each row is the arguments, the expected exit code and a fragment of the message. Every
+row is checked before a model loads where possible (the env and options are validated first), so
+the table runs in seconds. ``--debug`` turns the line back into a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import broken_envs  # noqa: F401  (registers steppotest/NeedsExtra-v0 and NoExpert-v0)
+import pytest
+
+import steppo_envs
+from steppo_agent.cli import main
+
+TOY = "toy_env:steppotest/Guess-v0"
+FAKE = ["--policy", "toy_env:make_fake_policy"]
+MH = ["--env", "steppo/MultiHopQA-v0"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ() -> Iterator[None]:
+    """main() sets logging variables in os.environ; keep them from leaking into other tests."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _needs_multihop_data() -> None:
+    try:
+        steppo_envs.resolve_data_dir(subdir="multihop_qa")
+    except steppo_envs.DataDirError:
+        pytest.skip("multihop_qa data not found (set STEPPO_DATA_DIR)")
+
+
+# (id, arguments, exit code, fragment of the message). {tmp} is a fresh folder; {existing} a file with content.
+CASES: list[tuple[str, list[str], int, str]] = [
+    ("env-arg without =", ["rollout", "--env", TOY, *FAKE, "--env-arg", "foo"], 2, "must look like key=value"),
+    ("misspelt env option", ["rollout", *MH, "--env-arg", "max_step=3"], 2, "did you mean max_steps"),
+    ("env option of the wrong type", ["rollout", *MH, "--env-arg", "max_steps=abc"], 2, "max_steps: Input should be a valid integer"),
+    ("unknown env id", ["rollout", "--env", "steppo/Nope-v0", *FAKE], 2, "steppo envs"),
+    ("missing data folder", ["rollout", *MH, "--env-arg", "data_dir=/nonexistent/steppo-data"], 2, "STEPPO_DATA_DIR"),
+    ("missing extra", ["rollout", "--env", "steppotest/NeedsExtra-v0", *FAKE], 2, "pip install 'steppo[imaginary]'"),
+    ("negative temperature", ["rollout", "--env", TOY, *FAKE, "--temperature", "-1"], 2, "temperature"),
+    ("zero tasks", ["rollout", "--env", TOY, *FAKE, "-n", "0"], 2, "--num-tasks 1 or more"),
+    ("flag value not an int", ["eval", "--max-model-len", "abc"], 2, "invalid int value"),
+    ("unknown flag", ["rollout", "--nope"], 2, "unrecognized arguments"),
+    ("unknown model name", ["rollout", "--env", TOY, "--model", "no-such-model"], 2, "smollm2-135m"),
+    ("missing model folder", ["rollout", "--env", TOY, "--model", "/nonexistent/model"], 2, "not a folder"),
+    ("folder that is not a model", ["rollout", "--env", TOY, "--model", "{tmp}"], 2, "has no config.json"),
+    ("unreachable server", ["rollout", "--env", TOY, "--backend", "openai", "--base-url", "http://127.0.0.1:9"], 2, "127.0.0.1:9"),
+    ("bad --policy", ["rollout", "--env", TOY, "--policy", "no_such_module:make"], 2, "cannot be loaded"),
+    ("unwritable output folder", ["rollout", "--env", TOY, *FAKE, "--output", "/proc/steppo/out.jsonl"], 2, "output folder"),
+    ("output exists, no --resume", ["rollout", "--env", TOY, *FAKE, "--output", "{existing}"], 2, "pass --resume"),
+    ("expert without an expert command", ["rollout", "--env", "steppotest/NoExpert-v0", "--backend", "expert",
+                                          "--env-arg", "expert=true", "-q", "--output", "{tmp}/x.jsonl"], 2, "no next command"),
+    ("unreadable trajectory file", ["inspect", "/nonexistent/run.jsonl"], 2, "does not exist"),
+    ("not a trajectory file", ["inspect", "{existing}"], 2, "is not a trajectory record"),
+    ("unknown --set key", ["train", "--set", "actor_lrr=1e-6"], 2, "did you mean actor_lr"),
+    ("--set value of the wrong type", ["train", "--set", "iterations=many"], 2, "iterations: Input should be a valid integer"),
+    ("unknown algorithm", ["train", "--algo", "nope"], 2, "unknown algo"),
+    ("missing config file", ["train", "--config", "/nonexistent/c.yaml"], 2, "config file"),
+    ("config file not a mapping", ["train", "--config", "{existing}"], 2, "mapping"),
+    ("missing offline trajectories", ["train", "--from-trajectories", "/nonexistent/t.jsonl", "--output-dir", "{tmp}/o"], 2, "no such file"),
+    ("train with a misspelt env option", ["train", *MH, "--env-arg", "max_step=3", "--output-dir", "{tmp}/o"], 2, "max_step"),
+    ("play an unknown env", ["play", "steppo/Nope-v0"], 2, "steppo envs"),
+]
+
+
+@pytest.mark.parametrize(("name", "argv", "code", "fragment"), CASES, ids=[c[0] for c in CASES])
+def test_bad_invocation_is_one_line(
+    name: str, argv: list[str], code: int, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if "steppo/MultiHopQA-v0" in argv:
+        _needs_multihop_data()
+    existing = tmp_path / "existing.jsonl"
+    existing.write_text("- not a trajectory\n- and not a mapping\n")
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{existing}", str(existing)) for a in argv]
+    with pytest.raises(SystemExit) if argv[0] in ("eval",) or "--nope" in argv else _returns() as box:
+        box.value = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert box.value == code or getattr(box.value, "code", None) == code
+    assert "Traceback" not in err
+    assert lines and lines[-1].startswith("steppo: error: "), err
+    assert fragment in lines[-1], lines[-1]
+
+
+class _Box:
+    value: object = None
+
+
+class _returns:
+    """A context that hands out a box for main()'s return value (mirrors pytest.raises for exits)."""
+
+    def __enter__(self) -> _Box:
+        return _Box()
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(steppo_envs.ConfigError, match="did you mean max_steps"):
+        main(["--debug", "rollout", "--env", TOY, *FAKE, "--env-arg", "max_step=3"])
+
+
+def test_misspelt_option_leaves_an_existing_file_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.jsonl"
+    assert main(["rollout", "--env", TOY, *FAKE, "-n", "2", "-q", "--output", str(out)]) == 0
+    before = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert out.read_text().count("\n") == 2
+    code = main(["rollout", "--env", TOY, *FAKE, "-n", "4", "-q", "--output", str(out), "--resume",
+                 "--env-arg", "max_step=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "steppo: error: unknown option(s) max_step" in err and "did you mean max_steps" in err
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == before
+
+
+def test_library_rollout_checks_the_env_before_writing(tmp_path: Path) -> None:
+    """run_rollout itself (not only the CLI) stops on a bad option before touching the file."""
+    import toy_env
+
+    from steppo_agent.rollout import RolloutConfig, run_rollout
+
+    out = tmp_path / "r.jsonl"
+    out.write_text("")
+    config = RolloutConfig(env_id=toy_env.ENV_ID, env_kwargs={"max_step": 3}, output=out, resume=True)
+    with pytest.raises(steppo_envs.ConfigError, match="max_step"):
+        run_rollout(toy_env.FakePolicy(toy_env.load_tokenizer()), config)
+    assert out.read_bytes() == b""
