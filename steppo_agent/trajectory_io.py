@@ -128,7 +128,14 @@ def iter_trajectories(path: str | Path) -> Iterator[Trajectory]:
     path = Path(path)
     if not path.is_file():
         raise TrajectoryFileError(f"{path} does not exist: pass the JSONL file written by `steppo rollout --output`.")
-    for lineno, line, last in _lines(path):
+    lines = _lines(path)
+    while True:
+        try:
+            lineno, line, last = next(lines)
+        except StopIteration:
+            return
+        except OSError as exc:  # streamed, so a large file is never held in memory at once
+            raise TrajectoryFileError(f"{path} cannot be read ({exc.strerror or exc}): check its permissions.") from None
         try:
             yield Trajectory.model_validate_json(line)
         except (ValidationError, ValueError) as exc:
