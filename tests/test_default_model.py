@@ -16,9 +16,25 @@ from steppo_agent.default_model import DefaultModelError, resolve_model
 HAS_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
 
 
-def test_other_names_are_returned_unchanged() -> None:
+def test_other_loadable_names_are_returned_unchanged(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    monkeypatch.setattr(default_model, "_hub_reachable", lambda timeout_s=3.0: True)
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert resolve_model("/models/my-checkpoint") == "/models/my-checkpoint"
+    monkeypatch.setattr(default_model, "_hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(default_model, "_in_hub_cache", lambda model_id: True)
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_unloadable_names_say_what_is_bundled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(default_model, "_hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(default_model, "_in_hub_cache", lambda model_id: False)
+    with pytest.raises(default_model.ModelNotFoundError, match="smollm2-135m.*cannot be reached"):
+        resolve_model("someorg/no-such-model")
+    with pytest.raises(default_model.ModelNotFoundError, match="not a folder"):
+        resolve_model("/models/my-checkpoint")
+    with pytest.raises(default_model.ModelNotFoundError, match="has no config.json"):
+        resolve_model(str(tmp_path))
 
 
 def test_missing_package_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
