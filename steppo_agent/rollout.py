@@ -45,8 +45,9 @@ from steppo_agent.records import PolicyInfo, SamplingConfig, Step, Trajectory
 from steppo_envs.config import ConfigError, UserError
 from steppo_envs.progress import progress_bar
 
-__all__ = ["STATIC_INFO_KEYS", "EnvPool", "EnvSetupError", "OutputExistsError", "check_env", "EnvResult", "RenderFn", "RolloutConfig", "RolloutStats", "derive_seed",
-           "replace_sampling", "resolve_env_spec", "run_rollout", "trajectory_id"]
+__all__ = ["STATIC_INFO_KEYS", "EnvPool", "EnvResult", "EnvSetupError", "OutputExistsError", "RenderFn", "RolloutConfig",
+           "RolloutStats", "check_env", "check_output", "derive_seed", "make_checked_env", "replace_sampling",
+           "resolve_env_spec", "run_rollout", "trajectory_id"]
 
 RenderFn = Callable[[Any, str, str, list[dict[str, Any]]], list[int]]
 """``(tokenizer, system_prompt, observation, tools) -> prompt ids`` (default: ``render_prompt_ids``)."""
@@ -192,8 +193,9 @@ class OutputExistsError(UserError, FileExistsError):
     """The output file already holds trajectories and ``resume`` was not asked for."""
 
 
-def check_env(env_id: str, env_kwargs: dict[str, Any], seed: int = 0) -> None:
-    """Build one ``env_id`` env with ``env_kwargs`` and reset it with ``seed``, as the first episode will.
+def make_checked_env(env_id: str, env_kwargs: dict[str, Any], seed: int = 0) -> tuple[Any, str, dict[str, Any]]:
+    """``(env, observation, info)``: one ``env_id`` env built with ``env_kwargs`` and reset with ``seed``,
+    with every failure turned into a :class:`~steppo_envs.UserError` (the caller closes the env).
 
     Raises:
         ConfigError: unknown id, or options the env does not take (a typo) or a bad value.
@@ -214,14 +216,28 @@ def check_env(env_id: str, env_kwargs: dict[str, Any], seed: int = 0) -> None:
         raise EnvSetupError(f"{spec.id} could not be created ({type(exc).__name__}: {exc}): check its options and "
                             "data (--debug shows the traceback).") from exc
     try:
-        env.reset(seed=seed)
-    except UserError:
-        raise
+        obs, info = env.reset(seed=seed)
     except Exception as exc:
+        env.close()
+        if isinstance(exc, UserError):
+            raise
         raise EnvSetupError(f"{spec.id} failed to reset with seed {seed} ({type(exc).__name__}: {exc}): check its "
                             "options and data (--debug shows the traceback).") from exc
-    finally:
-        env.close()
+    return env, obs, dict(info)
+
+
+def check_env(env_id: str, env_kwargs: dict[str, Any], seed: int = 0) -> None:
+    """Build one ``env_id`` env with ``env_kwargs`` and reset it with ``seed``, as the first episode will
+    (:func:`make_checked_env`, then closed)."""
+    make_checked_env(env_id, env_kwargs, seed)[0].close()
+
+
+def check_output(config: RolloutConfig) -> None:
+    """Raise :class:`OutputExistsError` when ``config.output`` already holds data and ``resume`` is off."""
+    out = config.output
+    if out is not None and not config.resume and Path(out).exists() and Path(out).stat().st_size > 0:
+        raise OutputExistsError(f"{out} already exists: pass --resume (resume=True) to continue it, "
+                                "or choose another --output.")
 
 
 _Command = tuple[str, int, Any]  # ("reset", slot, seed) or ("step", slot, response text)
@@ -484,11 +500,9 @@ def run_rollout(
     from steppo_agent.trajectory_io import TrajectoryWriter, read_ids
 
     render_fn = render or render_prompt_ids
+    check_output(config)
     done_ids: set[str] = set()
     if config.output is not None and Path(config.output).exists() and Path(config.output).stat().st_size > 0:
-        if not config.resume:
-            raise OutputExistsError(f"{config.output} already exists: pass --resume (resume=True) to continue it, "
-                                  "or choose another --output.")
         done_ids = read_ids(config.output, env_id=config.env_id)
     todo = deque((config.seed + i, j) for i in range(config.num_tasks) for j in range(config.group_size)
                  if trajectory_id(config.seed + i, j) not in done_ids)

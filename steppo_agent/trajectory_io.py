@@ -106,17 +106,21 @@ class TrajectoryWriter:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str, bool]]:
-    """(line number, text, is_last) for each non-empty line."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        prev: tuple[int, str] | None = None
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    """(line number, text, is_last) for each non-empty line, streamed; an unreadable file is a
+    :class:`TrajectoryFileError`."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            prev: tuple[int, str] | None = None
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if prev is not None:
+                    yield prev[0], prev[1], False
+                prev = (lineno, line)
             if prev is not None:
-                yield prev[0], prev[1], False
-            prev = (lineno, line)
-        if prev is not None:
-            yield prev[0], prev[1], True
+                yield prev[0], prev[1], True
+    except OSError as exc:
+        raise TrajectoryFileError(f"{path} cannot be read ({exc.strerror or exc}): check its permissions.") from None
 
 
 def iter_trajectories(path: str | Path) -> Iterator[Trajectory]:
@@ -128,14 +132,7 @@ def iter_trajectories(path: str | Path) -> Iterator[Trajectory]:
     path = Path(path)
     if not path.is_file():
         raise TrajectoryFileError(f"{path} does not exist: pass the JSONL file written by `steppo rollout --output`.")
-    lines = _lines(path)
-    while True:
-        try:
-            lineno, line, last = next(lines)
-        except StopIteration:
-            return
-        except OSError as exc:  # streamed, so a large file is never held in memory at once
-            raise TrajectoryFileError(f"{path} cannot be read ({exc.strerror or exc}): check its permissions.") from None
+    for lineno, line, last in _lines(path):
         try:
             yield Trajectory.model_validate_json(line)
         except (ValidationError, ValueError) as exc:

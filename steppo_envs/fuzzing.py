@@ -35,10 +35,6 @@ _TAGS = ("<tool_call>", "</tool_call>", "<answer>", "</answer>", "<think>", "</t
          "\\ud800", ":", ",", "null", "1e999", "-0", "NaN")
 
 
-def _nested(open_: str, depth: int) -> str:
-    return open_ * depth
-
-
 def _random_unicode(rng: np.random.Generator, n: int) -> str:
     """``n`` code points from the whole range, surrogates and controls included."""
     return "".join(chr(int(c)) for c in rng.integers(0, 0x110000, size=n))
@@ -56,13 +52,13 @@ def _hostile(rng: np.random.Generator, tools: Sequence[str], verbs: Sequence[str
     size = int(rng.choice([1000, 20_000, 200_000]))
     family = int(rng.integers(0, 14))
     if family == 0:  # arrays nested inside a real tool's arguments
-        return f'<tool_call>{{"name": "{name}", "arguments": {{"query": ' + _nested("[", depth)
+        return f'<tool_call>{{"name": "{name}", "arguments": {{"query": ' + "[" * depth
     if family == 1:
-        return "<tool_call>" + _nested('{"a": ', depth) + "1" + "}" * depth + "</tool_call>"
+        return "<tool_call>" + '{"a": ' * depth + "1" + "}" * depth + "</tool_call>"
     if family == 2:  # arguments given as a JSON string holding deep JSON
-        return _tool_call(name, _nested("[", depth) + "]" * depth)
+        return _tool_call(name, "[" * depth + "]" * depth)
     if family == 3:
-        return _nested(f"{verb}[", depth) + "x" + "]" * int(rng.integers(0, depth + 1))
+        return f"{verb}[" * depth + "x" + "]" * int(rng.integers(0, depth + 1))
     if family == 4:  # huge strings, bare or inside a call
         return "a" * size if rng.random() < 0.5 else _tool_call(name, {"query": "b " * (size // 2), "command": "c" * size})
     if family == 5:  # NUL and control characters inside otherwise valid actions

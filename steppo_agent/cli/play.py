@@ -19,14 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    import gymnasium
+    from steppo_agent.rollout import make_checked_env
 
-    from steppo_agent.rollout import check_env, resolve_env_spec
-
-    env_kwargs = parse_env_kwargs(args.env_arg)
-    check_env(args.env_id, env_kwargs, seed=args.seed)
-    env = gymnasium.make(resolve_env_spec(args.env_id), **env_kwargs)
-    obs, info = env.reset(seed=args.seed)
+    env, obs, info = make_checked_env(args.env_id, parse_env_kwargs(args.env_arg), seed=args.seed)
     print(f"== system ==\n{info['system_prompt']}\n")
     total = 0.0
     while True:

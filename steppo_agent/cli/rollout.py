@@ -114,7 +114,7 @@ def _print_end(traj: Any) -> None:
 
 
 def _run(args: argparse.Namespace, kind: str, sampling: Any, group_size: int, env_kwargs: dict[str, Any]) -> tuple[Path, list[Any]]:
-    from steppo_agent.rollout import OutputExistsError, RolloutConfig, RolloutStats, check_env, run_rollout
+    from steppo_agent.rollout import RolloutConfig, RolloutStats, check_env, check_output, run_rollout
 
     if args.resume and args.output is None:
         raise UsageError("--resume needs --output FILE: the file to continue.")
@@ -126,8 +126,7 @@ def _run(args: argparse.Namespace, kind: str, sampling: Any, group_size: int, en
         env_id=args.env, env_kwargs=env_kwargs, num_tasks=args.num_tasks, group_size=group_size, seed=args.seed,
         sampling=sampling, env_workers=args.workers, max_active=args.max_active, output=output, resume=args.resume,
     )
-    if output.exists() and output.stat().st_size > 0 and not args.resume:
-        raise OutputExistsError(f"{output} already exists: pass --resume to continue it, or choose another --output.")
+    check_output(config)
     # everything the user typed is checked before the model loads and before the file is touched
     check_env(config.env_id, config.env_kwargs, seed=config.seed)
     config.validate_env = False
