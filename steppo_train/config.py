@@ -10,10 +10,13 @@ from typing import Any, Literal
 
 from steppo_envs.config import ConfigError, did_you_mean, validate_dataclass
 
-__all__ = ["ALGOS", "ALGO_DEFAULTS", "Algo", "TrainConfig", "load_config"]
+__all__ = ["ALGOS", "ALGO_DEFAULTS", "CRITIC_LEVELS", "Algo", "Level", "TrainConfig", "load_config"]
 
 Algo = Literal["steppo", "ppo", "grpo", "rloo", "reinforce_pp", "gspo", "gigpo", "sft"]
 ALGOS: tuple[str, ...] = ("steppo", "ppo", "grpo", "rloo", "reinforce_pp", "gspo", "gigpo", "sft")
+Level = Literal["step", "token"]
+#: Each critic algorithm's own (advantage_level, ratio_level).
+CRITIC_LEVELS: dict[str, tuple[str, str]] = {"steppo": ("step", "step"), "ppo": ("token", "token")}
 
 # The paper's defaults (actor lr 1e-6, critic lr 1e-5, lam 1.0, clip 0.2) and each baseline's usual gamma.
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -35,6 +38,17 @@ class TrainConfig:
     # -- what to train -----------------------------------------------------------------------------
     algo: Algo = "steppo"
     """Algorithm: steppo, ppo, grpo, rloo, reinforce_pp, gspo, gigpo or sft."""
+    advantage_level: Level | None = None
+    """Critic algorithms only (steppo, ppo): the timeline GAE runs on. "step" = the critic's value at
+    the last prompt token of each step, GAE over steps, one advantage per step broadcast to its
+    tokens; "token" = the critic's value at every action token, GAE over the concatenated action
+    tokens. None = the algorithm's own (steppo: step, ppo: token). With ``ratio_level`` it gives the
+    paper's ablations: StepPO w/o step-GAE = token + step, StepPO w/o step-IS = step + token."""
+    ratio_level: Level | None = None
+    """Critic algorithms only (steppo, ppo): the importance ratio that is clipped. "step" = one ratio
+    per step, the geometric mean of its token ratios (losses averaged per step, then over steps);
+    "token" = one ratio per token (losses averaged over all action tokens). None = the algorithm's
+    own (steppo: step, ppo: token)."""
     model: str = "smollm2-135m"
     """Actor checkpoint: 'smollm2-135m' (the bundled default), an HF model id or a local folder."""
     critic_model: str | None = None
@@ -149,12 +163,27 @@ class TrainConfig:
 
     @property
     def uses_critic(self) -> bool:
-        return self.algo in ("steppo", "ppo")
+        return self.algo in CRITIC_LEVELS
+
+    @property
+    def step_advantages(self) -> bool:
+        """True when GAE runs over steps with the critic at the last prompt token (see ``advantage_level``)."""
+        own = CRITIC_LEVELS.get(self.algo, ("", ""))[0]
+        return (self.advantage_level or own) == "step"
+
+    @property
+    def step_ratio(self) -> bool:
+        """True when the clipped ratio is one per step (see ``ratio_level``)."""
+        own = CRITIC_LEVELS.get(self.algo, ("", ""))[1]
+        return (self.ratio_level or own) == "step"
 
     def validate(self) -> TrainConfig:
         """Cross-field checks; raise ``ValueError`` naming the fix."""
         if self.algo not in ALGOS:
             raise ConfigError(f"unknown algo {self.algo!r}: choose one of {', '.join(ALGOS)}.")
+        if not self.uses_critic and (self.advantage_level or self.ratio_level):
+            raise ConfigError(f"advantage_level / ratio_level apply to steppo and ppo only, not {self.algo}: "
+                              "remove them, or use --algo steppo (e.g. --set advantage_level=token for StepPO w/o step-GAE).")
         if self.algo in ("grpo", "rloo", "gigpo") and self.group_size < 2 and not self.from_trajectories:
             raise ConfigError(f"{self.algo} needs group_size >= 2 (samples per task): pass --group-size 4.")
         if not 0 <= self.clip_low < 1 or self.clip_high <= 0:

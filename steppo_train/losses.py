@@ -12,6 +12,7 @@ are detached Python floats for logging. The formulas are collected in ``docs/alg
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +33,7 @@ __all__ = [
     "ppo_token_loss",
     "sequence_ratio",
     "step_ratio",
+    "step_ratio_token_advantage_loss",
     "steppo_policy_loss",
     "value_loss",
 ]
@@ -191,6 +193,39 @@ def steppo_policy_loss(
         aggregation: see above.
     """
     return _sequence_ratio_loss(logp_new, logp_old, advantages, action_mask, clip_low, clip_high, aggregation)
+
+
+def step_ratio_token_advantage_loss(
+    logp_new: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    action_mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[Tensor, PolicyLossStats]:
+    """The step ratio with one advantage per *token* (the paper's "StepPO w/o step-level GAE").
+
+    ``rho_i = step_ratio(...)_i`` is broadcast to the tokens of step ``i``;
+    ``l_ij = -min(rho_i * A_ij, clip(rho_i, 1 - eps_low, 1 + eps_high) * A_ij)``;
+    ``loss = mean_i (mean_j l_ij)`` over the steps with at least one action token. When every token of
+    a step has the same advantage (``A_ij = A_i``) this is exactly :func:`steppo_policy_loss`.
+    ``clip_fraction`` counts action tokens whose clipped term is the smaller one.
+
+    Args:
+        logp_new, logp_old, action_mask: ``[rows, tokens]`` as in :func:`steppo_policy_loss`.
+        advantages: ``[rows, tokens]``, one per action token (e.g. token GAE).
+    """
+    m = _bool_mask(action_mask)
+    ratio = sequence_ratio(logp_new, logp_old, m)
+    token_loss, clip_active = _clipped_surrogate(ratio[:, None].expand_as(logp_new), advantages.to(ratio.dtype),
+                                                 clip_low, clip_high)
+    valid = m.any(-1)
+    loss = masked_mean(masked_mean(token_loss, m, dim=-1), valid)
+    with torch.no_grad():
+        kl = _token_k3(logp_new.detach(), logp_old.detach(), m)
+        clip_fraction = float(clip_active[m].float().mean()) if bool(m.any()) else 0.0
+    stats = _stats(ratio, clip_active.any(-1), valid, kl)
+    return loss, dataclasses.replace(stats, clip_fraction=clip_fraction)
 
 
 def gspo_loss(

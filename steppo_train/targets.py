@@ -12,6 +12,9 @@ This is the only place where the algorithms differ in *credit assignment*; the m
 | reinforce_pp  | discounted return-to-go, batch-normalised           | one per step                 |
 | gigpo         | group advantage + anchor-state step advantage       | one per step                 |
 | sft           | none (maximum likelihood on the action tokens)      | -                            |
+
+For steppo and ppo, ``advantage_level`` picks the row (step GAE or token GAE) whatever the algorithm,
+so the paper's ablations are configurations: see :class:`~steppo_train.config.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -76,12 +79,13 @@ def compute_targets(
     step_values: Tensor | None = None,
     token_values: list[Tensor] | None = None,
 ) -> RowTargets:
-    """Advantages for ``config.algo`` (``step_values``: ``[rows]`` for steppo; ``token_values`` for ppo)."""
+    """Advantages for ``config.algo`` (critic algorithms: ``step_values`` ``[rows]`` when
+    ``config.step_advantages``, else ``token_values``, one tensor per row)."""
     algo = config.algo
     mask = batch.step_mask
-    if algo == "steppo":
+    if config.uses_critic and config.step_advantages:
         if step_values is None:
-            raise ValueError("steppo needs the critic's step values.")
+            raise ValueError(f"{algo} with advantage_level='step' needs the critic's step values.")
         V = batch.rows_to_steps(step_values.detach().float())
         A, R = adv.step_gae(
             batch.rewards, V, mask, config.gamma, config.lam,
@@ -90,9 +94,9 @@ def compute_targets(
         if config.whiten_advantages:
             A = adv.whiten(A, mask)
         return RowTargets(_per_row(batch, A), batch.steps_to_rows(A), batch.steps_to_rows(R), step_values.detach())
-    if algo == "ppo":
+    if config.uses_critic:
         if token_values is None:
-            raise ValueError("ppo needs the critic's token values.")
+            raise ValueError(f"{algo} with advantage_level='token' needs the critic's token values.")
         idx, where = token_layout(batch)
         Vt = torch.zeros(idx.shape)
         for r, (b, start, n) in enumerate(where):

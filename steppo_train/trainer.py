@@ -313,7 +313,7 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
         if critic is not None:
             critic.eval()
             with amp():
-                if config.algo == "steppo":
+                if config.step_advantages:
                     step_values = torch.stack(_batched(
                         lambda p, r: list(values_at_last_prompt_token(critic, p, pad_multiple=pad)), batch.prompt_ids,
                         batch.response_ids, config.token_budget, pad,

@@ -25,10 +25,7 @@ from steppo_train.models import (
 )
 from steppo_train.targets import RowTargets
 
-__all__ = ["IterationData", "actor_loss", "critic_loss", "make_units", "pack_units", "pad_rows"]
-
-TOKEN_LEVEL = ("ppo", "grpo", "rloo", "reinforce_pp", "gigpo")
-
+__all__ = ["IterationData", "actor_loss", "critic_loss", "make_units", "pack_units", "pad_rows", "row_policy_loss"]
 
 @dataclass
 class IterationData:
@@ -88,6 +85,30 @@ def pad_rows(rows: Sequence[Tensor], width: int | None = None) -> tuple[Tensor, 
     return out, mask
 
 
+def row_policy_loss(
+    config: TrainConfig, targets: RowTargets, rows: Sequence[int], lp_new: Tensor, lp_old: Tensor, mask: Tensor
+) -> tuple[Tensor, L.PolicyLossStats, bool]:
+    """The clipped policy loss of step rows ``rows`` (every algorithm but gspo and sft), and whether it
+    is a per-step mean (True: weigh micro-batches by rows) or a per-token mean (False: by tokens).
+
+    | ratio | advantage | loss | used by |
+    |---|---|---|---|
+    | step  | one per step  | :func:`~steppo_train.losses.steppo_policy_loss` | steppo |
+    | step  | one per token | :func:`~steppo_train.losses.step_ratio_token_advantage_loss` | steppo w/o step-GAE |
+    | token | per token (a step's advantage broadcast, or token GAE) | :func:`~steppo_train.losses.ppo_token_loss` | ppo, steppo w/o step-IS, group baselines |
+    """
+    if config.uses_critic and config.step_ratio and targets.step_advantages is not None:
+        adv = targets.step_advantages[torch.tensor(list(rows))].to(lp_new.device)
+        pg, st = L.steppo_policy_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
+        return pg, st, True
+    adv_tok = pad_rows([targets.token_advantages[r] for r in rows], lp_new.shape[1])[0].to(lp_new.device)
+    if config.uses_critic and config.step_ratio:
+        pg, st = L.step_ratio_token_advantage_loss(lp_new, lp_old, adv_tok, mask, config.clip_low, config.clip_high)
+        return pg, st, True
+    pg, st = L.ppo_token_loss(lp_new, lp_old, adv_tok, mask, config.clip_low, config.clip_high)
+    return pg, st, False
+
+
 def actor_loss(
     config: TrainConfig,
     actor: nn.Module,
@@ -116,23 +137,17 @@ def actor_loss(
         lp_old = pad_rows([torch.cat([data.old_logprobs[r] for r in data.units[u]]) for u in unit_ids])[0].to(lp_new.device)
         adv = torch.stack([data.targets.step_advantages[data.units[u][0]] for u in unit_ids]).to(lp_new.device)  # type: ignore[index]
         pg, st = L.gspo_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
-        loss = pg * unit_weight
+        weight = unit_weight
     else:
         lp_new, mask = pad_rows(new)
         lp_old = pad_rows([data.old_logprobs[r] for r in rows], lp_new.shape[1])[0].to(lp_new.device)
         if config.algo == "sft":
-            pg = -L.masked_mean(lp_new, mask)
-            st = None
-            loss = pg * token_weight
-        elif config.algo == "steppo":
-            adv = data.targets.step_advantages[torch.tensor(rows)].to(lp_new.device)  # type: ignore[index]
-            pg, st = L.steppo_policy_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
-            loss = pg * unit_weight
+            pg, st, weight = -L.masked_mean(lp_new, mask), None, token_weight
         else:
-            adv_tok = pad_rows([data.targets.token_advantages[r] for r in rows], lp_new.shape[1])[0].to(lp_new.device)
-            pg, st = L.ppo_token_loss(lp_new, lp_old, adv_tok, mask, config.clip_low, config.clip_high)
-            loss = pg * token_weight
-    logged["losses/policy"] = float(pg.detach()) * (unit_weight if config.algo in ("steppo", "gspo") else token_weight)
+            pg, st, per_step = row_policy_loss(config, data.targets, rows, lp_new, lp_old, mask)
+            weight = unit_weight if per_step else token_weight
+    loss = pg * weight
+    logged["losses/policy"] = float(pg.detach()) * weight
     if st is not None:
         logged["losses/clip_fraction"] = st.clip_fraction * token_weight
         logged["losses/approx_kl"] = st.approx_kl * token_weight
@@ -160,7 +175,7 @@ def critic_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """The critic's weighted clipped value loss on one micro-batch of rows."""
     b, t = data.batch, data.targets
-    if config.algo == "steppo":
+    if config.step_advantages:
         v = values_at_last_prompt_token(critic, [b.prompt_ids[r] for r in rows], pad_multiple=config.pad_multiple)  # type: ignore[arg-type]
         idx = torch.tensor(list(rows))
         old, ret = t.old_values[idx].to(v.device), t.returns[idx].to(v.device)  # type: ignore[index]
