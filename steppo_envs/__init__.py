@@ -1,16 +1,19 @@
 """steppo_envs: Gymnasium step environments for LLM agents, and their registry.
 
 ``import steppo_envs`` registers the bundled ids with Gymnasium (string entry points, so nothing heavy
-is imported until ``gymnasium.make``) and never imports torch, vllm or textworld.
+is imported until ``gymnasium.make``), runs the ``gymnasium.envs`` entry-point hooks of installed
+packages (:mod:`steppo_envs.plugins`), and never imports torch, vllm or textworld itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium
 
-from steppo_envs.actions import ParsedAction, ToolCall, format_hint, parse_action
+from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
 from steppo_envs.checker import check_step_env
 from steppo_envs.config import ConfigError, UserError, build_config
 from steppo_envs.contract import (
@@ -21,30 +24,55 @@ from steppo_envs.contract import (
     optional_import,
     text_space,
 )
+from steppo_envs.function_tools import FunctionTool, function_tool
 from steppo_envs.fuzzing import fuzz_env
 from steppo_envs.paths import DataDirError, cache_dir, resolve_data_dir
+from steppo_envs.plugins import PLUGIN_GROUP, run_plugin_hooks
 from steppo_envs.render import Section, render_sections, truncate_text
+from steppo_envs.search import BM25Index, Passage, SearchHit
+from steppo_envs.toolenv import (
+    ToolEnv,
+    ToolEnvConfig,
+    ToolEnvDefinition,
+    ToolEnvState,
+    default_sections,
+    route_answer,
+    tool_env,
+)
 from steppo_envs.tools import ToolSpec
 
 __all__ = [
     "BUNDLED",
+    "PLUGIN_GROUP",
+    "BM25Index",
     "ConfigError",
     "DataDirError",
     "EnvEntry",
+    "FunctionTool",
     "MissingExtraError",
     "ParsedAction",
+    "Passage",
+    "SearchHit",
     "Section",
     "StepInfo",
     "TextSpace",
     "ToolCall",
+    "ToolEnv",
+    "ToolEnvConfig",
+    "ToolEnvDefinition",
+    "ToolEnvState",
     "ToolSpec",
     "UserError",
     "build_config",
     "cache_dir",
     "check_step_env",
+    "clean_action_text",
+    "default_sections",
     "describe",
     "fuzz_env",
     "format_hint",
+    "function_tool",
+    "load_plugin_envs",
     "make_info",
     "optional_import",
     "parse_action",
@@ -52,7 +80,9 @@ __all__ = [
     "registered_ids",
     "render_sections",
     "resolve_data_dir",
+    "route_answer",
     "text_space",
+    "tool_env",
     "truncate_text",
 ]
 
@@ -94,10 +124,11 @@ BUNDLED: tuple[EnvEntry, ...] = (
 _DESCRIPTIONS: dict[str, str] = {}
 
 
-def register(id: str, entry_point: str, description: str) -> None:
+def register(id: str, entry_point: str | Callable[..., Any], description: str) -> None:
     """Register an environment with Gymnasium and steppo's listing (``steppo envs``).
 
-    ``entry_point`` is a ``"module:Class"`` string so nothing is imported until ``gymnasium.make``.
+    ``entry_point`` is a ``"module:Class"`` string so nothing is imported until ``gymnasium.make``
+    (a callable works too: :func:`tool_env` registers its definition that way).
     """
     if "/" not in id or not id.split("/")[-1].split("-v")[-1].isdigit():
         raise ConfigError(f"environment id {id!r} must look like 'namespace/Name-vN', e.g. 'myorg/MyTask-v0'.")
@@ -107,7 +138,8 @@ def register(id: str, entry_point: str, description: str) -> None:
 
 
 def registered_ids() -> list[str]:
-    """Ids registered through :func:`register` (bundled first), in registration order."""
+    """Ids registered through :func:`register`, :func:`tool_env` or by installed plugins (bundled
+    first), in registration order."""
     return list(_DESCRIPTIONS)
 
 
@@ -118,3 +150,12 @@ def describe(id: str) -> str:
 
 for _entry in BUNDLED:
     register(_entry.id, _entry.entry_point, _entry.description)
+
+
+def load_plugin_envs() -> list[str]:
+    """Run the ``gymnasium.envs`` entry-point hooks of installed packages not run yet in this process
+    (:mod:`steppo_envs.plugins`) and return the ids they registered (``import steppo_envs`` calls it)."""
+    return run_plugin_hooks(_DESCRIPTIONS)
+
+
+load_plugin_envs()  # last: a hook may import steppo_envs and use everything above

@@ -11,6 +11,12 @@ Two backends, one tokenizer (so both rank the same way):
 Indexes are cached under ``cache_dir("bm25", <key>)`` where the key hashes the backend, its
 parameters, the tokenizer version and the corpus content, so a changed corpus is rebuilt, never
 served stale.
+
+Index your own passages (docs/environments.md, "BM25 search over your own passages")::
+
+    index = BM25Index([Passage("p1", "Eiffel Tower", "The Eiffel Tower is in Paris."), ...])
+    hits = index.search("eiffel tower", k=3)            # best first, positive scores only
+    hits = index.search("tower", k=3, allowed=mask)     # only passages where mask[i] is True
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from steppo_envs.config import ConfigError
 from steppo_envs.paths import cache_dir
 
 __all__ = ["BM25Index", "Backend", "Passage", "SearchHit", "corpus_key", "tokenize"]
@@ -60,7 +67,9 @@ def tokenize(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Passage:
-    """A searchable document."""
+    """A searchable document: ``id`` (yours, returned with each hit), ``title`` (indexed
+    ``title_weight`` times) and ``text``. Build one per line of a JSONL file with
+    ``Passage(**json.loads(line))``."""
 
     id: str
     title: str
@@ -69,7 +78,8 @@ class Passage:
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One search result; ``index`` is the passage's position in the corpus."""
+    """One search result: the passage's ``id``, ``title`` and ``text``, its BM25 ``score`` (> 0) and
+    ``index``, its position in the corpus (the position ``allowed`` masks refer to)."""
 
     index: int
     id: str
@@ -93,6 +103,12 @@ def corpus_key(passages: Sequence[Passage], *, extra: str = "") -> str:
 
 class BM25Index:
     """A BM25 index over ``passages`` (document = title repeated ``title_weight`` times + text).
+
+    Building tokenizes every passage (lower case, accents folded, English stop words dropped: see
+    :func:`tokenize`); with ``cache=True`` the index is saved under ``$STEPPO_CACHE_DIR/bm25/<key>``
+    (``from_cache``, ``build_seconds`` and ``load_seconds`` say what happened) and the next build over
+    the same content loads it instead. Errors (an empty corpus, an unknown backend) raise
+    :class:`~steppo_envs.ConfigError`, a ``ValueError``.
 
     Args:
         passages: the corpus.
@@ -118,9 +134,10 @@ class BM25Index:
         content_key: str | None = None,
     ) -> None:
         if backend not in ("bm25s", "rank_bm25"):
-            raise ValueError(f"unknown BM25 backend {backend!r}: use 'bm25s' or 'rank_bm25'.")
+            raise ConfigError(f"unknown BM25 backend {backend!r}: use 'bm25s' or 'rank_bm25'.")
         if not passages:
-            raise ValueError("cannot build a BM25 index over an empty corpus: check the data directory and split.")
+            raise ConfigError("cannot build a BM25 index over an empty corpus: check the data directory and split "
+                              "(or the passages you passed).")
         self.passages = list(passages)
         self.backend: Backend = backend
         self.k1, self.b, self.title_weight = k1, b, title_weight
@@ -202,9 +219,11 @@ class BM25Index:
         return np.asarray(self._model.get_scores(terms), dtype=np.float32)  # type: ignore[attr-defined]
 
     def search(self, query: str | Sequence[str], k: int = 5, *, allowed: np.ndarray | None = None) -> list[SearchHit]:
-        """Top-``k`` passages with a positive score, best first (ties broken by corpus order).
+        """Top-``k`` passages with a positive score, best first (ties broken by corpus order); fewer
+        than ``k`` (or none) when fewer passages share a term with the query.
 
-        ``allowed`` is an optional boolean mask over the corpus (e.g. papers published before a date).
+        ``allowed`` is an optional boolean array with one entry per passage (corpus order): passages
+        where it is ``False`` are never returned (e.g. papers published after a question's date).
         """
         scores = self.scores(query)
         if allowed is not None:

@@ -9,7 +9,15 @@ from typing import Any
 
 from steppo_envs.config import UserError
 
-__all__ = ["UsageError", "check_readable_file", "check_writable_dir", "parse_env_kwargs"]
+__all__ = ["ENV_ARG_HELP", "UsageError", "check_readable_file", "check_writable_dir", "parse_env_kwargs"]
+
+#: Help of every ``--env-arg`` flag (docs/cli.md, "Environment options").
+ENV_ARG_HELP = (
+    "environment option (repeatable); VALUE is JSON when it parses, else the plain string: max_steps=5, "
+    "invalid_penalty=0.1, expert=true, data_dir=null, 'game_files=[\"a.z8\",\"b.z8\"]' (a list, even of one), "
+    "dataset=eval (not JSON: the string), 'name=\"123\"' (a string that looks like a number)"
+)
+
 
 
 class UsageError(UserError, ValueError):
@@ -17,7 +25,12 @@ class UsageError(UserError, ValueError):
 
 
 def parse_env_kwargs(items: list[str] | None, flag: str = "--env-arg") -> dict[str, Any]:
-    """Parse repeated ``KEY=VALUE`` options; values are JSON when they parse, else strings."""
+    """Parse repeated ``KEY=VALUE`` options; values are JSON when they parse, else strings.
+
+    ``max_steps=5`` -> ``5``; ``expert=true`` -> ``True``; ``data_dir=null`` -> ``None``;
+    ``game_files=["a.z8"]`` -> ``["a.z8"]``; ``dataset=eval`` -> ``"eval"`` (not JSON, so the text);
+    ``name="123"`` -> ``"123"`` (JSON quotes keep a number-like value a string); ``key=`` -> ``""``.
+    """
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")

@@ -1,4 +1,4 @@
-"""``steppo envs``: list the registered environment ids."""
+"""``steppo envs``: list the registered environment ids (bundled, then those of installed plugins)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ __all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("envs", help="list registered environments")
+    p = sub.add_parser(
+        "envs", help="list registered environments",
+        description="Lists the bundled ids and those registered by installed packages through Gymnasium's "
+        "'gymnasium.envs' entry point (docs/environments.md, 'Make it discoverable'). An id your own module "
+        "registers works in every --env as 'module:namespace/Name-v0'.",
+    )
     p.set_defaults(func=run)
 
 

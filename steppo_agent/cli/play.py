@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steppo_agent.cli.common import parse_env_kwargs
+from steppo_agent.cli.common import ENV_ARG_HELP, parse_env_kwargs
 
 __all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("play", help="play an episode yourself: type actions, see observations and rewards")
-    p.add_argument("env_id", help="a registered id, e.g. steppo/MultiHopQA-v0 (see `steppo envs`)")
+    p.add_argument("env_id", help="a registered id, e.g. steppo/MultiHopQA-v0 (see `steppo envs`); 'module:id' imports module first")
     p.add_argument("--seed", type=int, default=0, help="task seed")
-    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="environment option (repeatable)")
+    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help=ENV_ARG_HELP)
     p.set_defaults(func=run)
 
 

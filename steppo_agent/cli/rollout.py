@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steppo_agent.cli.common import UsageError, check_writable_dir, parse_env_kwargs
+from steppo_agent.cli.common import ENV_ARG_HELP, UsageError, check_writable_dir, parse_env_kwargs
 
 __all__ = ["DEFAULT_ENV", "SPLIT_OPTION", "add_parser", "build_policy", "default_output"]
 
@@ -33,7 +33,7 @@ def default_output(kind: str, env_id: str) -> Path:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default=DEFAULT_ENV, help=f"environment id (default {DEFAULT_ENV}); 'module:id' imports module first")
-    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="environment option (repeatable)")
+    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help=ENV_ARG_HELP)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path (default {DEFAULT_MODEL})")
     p.add_argument("--backend", choices=("vllm", "openai", "hf", "expert"), default="vllm",
                    help="policy backend (default vllm); 'expert' replays the env's expert (needs --env-arg expert=true)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from steppo_agent.cli.common import check_readable_file, check_writable_dir, parse_env_kwargs
+from steppo_agent.cli.common import ENV_ARG_HELP, check_readable_file, check_writable_dir, parse_env_kwargs
 
 __all__ = ["add_parser"]
 
@@ -19,8 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--algo", default="steppo", help="steppo | ppo | grpo | rloo | reinforce_pp | gspo | gigpo | sft")
     p.add_argument("--config", help="YAML file of TrainConfig fields")
     p.add_argument("--env", dest="env_id", help="environment id, e.g. steppo/TextWorld-v0")
-    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="environment option (repeatable)")
-    p.add_argument("--eval-env-arg", action="append", metavar="KEY=VALUE", help="evaluation environment option (repeatable)")
+    p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help=ENV_ARG_HELP)
+    p.add_argument("--eval-env-arg", action="append", metavar="KEY=VALUE",
+                   help="evaluation environment option (repeatable; values as for --env-arg)")
     p.add_argument("--model", help="smollm2-135m (default), an HF model id or a local folder")
     p.add_argument("--backend", choices=["vllm", "hf", "openai"], help="rollout backend")
     p.add_argument("--base-url", action="append", dest="base_urls", help="OpenAI-compatible server (repeatable)")
