@@ -4,9 +4,12 @@
 reset seed ``config.seed + i``; its ``group_size`` samples share that seed and a ``group_id`` (for
 GRPO / RLOO / GiGPO). Each *round* renders every active episode's prompt with
 :func:`steppo_agent.prompting.render_prompt_ids` and sends all of them in **one**
-``policy.generate`` call; each raw response text goes to its env unparsed (the env parses it and
-reports ``info["action"]`` / ``info["valid"]``). Finished episodes become :class:`Trajectory`
-records, appended (and fsync'ed) to ``config.output`` as they finish.
+``policy.generate`` call; each response text is made valid UTF-8 once (:func:`~steppo_envs.actions.clean_action_text`:
+lone surrogates become U+FFFD, NULs are dropped) and goes to its env unparsed (the env parses it and
+reports ``info["action"]`` / ``info["valid"]``) and, as ``response_text``, to the record. Finished
+episodes become :class:`Trajectory` records, appended (and fsync'ed) to ``config.output`` as they
+finish. ``resume`` continues a file only if its records were collected with the same env id, env
+options, sampling and policy (:func:`resumed_ids`).
 
 Seeds: prompt seeds come from :func:`derive_seed` of (``sampling.seed``, task seed, sample index,
 step index), so a step's sample does not depend on which other episodes share its batch.
@@ -42,12 +45,13 @@ from typing import Any
 
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import PolicyInfo, SamplingConfig, Step, Trajectory
+from steppo_envs.actions import clean_action_text
 from steppo_envs.config import ConfigError, UserError
 from steppo_envs.progress import progress_bar
 
 __all__ = ["STATIC_INFO_KEYS", "EnvPool", "EnvResult", "EnvSetupError", "OutputExistsError", "RenderFn", "RolloutConfig",
            "RolloutStats", "check_env", "check_output", "derive_seed", "make_checked_env", "replace_sampling",
-           "resolve_env_spec", "run_rollout", "trajectory_id"]
+           "resolve_env_spec", "resumed_ids", "run_rollout", "trajectory_id"]
 
 RenderFn = Callable[[Any, str, str, list[dict[str, Any]]], list[int]]
 """``(tokenizer, system_prompt, observation, tools) -> prompt ids`` (default: ``render_prompt_ids``)."""
@@ -238,6 +242,19 @@ def check_output(config: RolloutConfig) -> None:
     if out is not None and not config.resume and Path(out).exists() and Path(out).stat().st_size > 0:
         raise OutputExistsError(f"{out} already exists: pass --resume (resume=True) to continue it, "
                                 "or choose another --output.")
+
+
+def resumed_ids(config: RolloutConfig, policy: tuple[str, str] | None = None) -> set[str]:
+    """The trajectory ids already in ``config.output`` (empty when there is no such file), after checking
+    that every record there was collected with this env id, env options, sampling and, when given,
+    ``policy = (backend, model)``: a file never mixes two configurations (a
+    :class:`~steppo_agent.trajectory_io.TrajectoryFileError` names the fix)."""
+    from steppo_agent.trajectory_io import read_ids
+
+    out = config.output
+    if out is None or not Path(out).exists() or Path(out).stat().st_size == 0:
+        return set()
+    return read_ids(out, env_id=config.env_id, env_kwargs=config.env_kwargs, sampling=config.sampling, policy=policy)
 
 
 _Command = tuple[str, int, Any]  # ("reset", slot, seed) or ("step", slot, response text)
@@ -440,14 +457,15 @@ class _Runner:
         t1 = time.perf_counter()
         if len(gens) != len(ready):
             raise RuntimeError(f"policy {self.policy.backend!r} returned {len(gens)} generations for {len(ready)} prompts.")
-        results = self.envs.step_many([(ep.slot, gen.text) for ep, gen in zip(ready, gens, strict=True)])
+        texts = [clean_action_text(gen.text) for gen in gens]  # the one boundary: valid UTF-8 from here on
+        results = self.envs.step_many([(ep.slot, text) for ep, text in zip(ready, texts, strict=True)])
         self.stats.generate_seconds += t1 - t0
         self.stats.env_seconds += time.perf_counter() - t1
         self.stats.rounds += 1
-        for ep, gen, res in zip(ready, gens, results, strict=True):
-            self._record(ep, gen, res)
+        for ep, gen, text, res in zip(ready, gens, texts, results, strict=True):
+            self._record(ep, gen, text, res)
 
-    def _record(self, ep: _Episode, gen: Generation, res: EnvResult) -> None:
+    def _record(self, ep: _Episode, gen: Generation, text: str, res: EnvResult) -> None:
         traj = ep.traj
         assert traj is not None
         self.stats.steps, self.stats.response_tokens = self.stats.steps + 1, self.stats.response_tokens + len(gen.token_ids)
@@ -459,7 +477,7 @@ class _Runner:
         step = Step(
             index=len(traj.steps), observation=ep.observation, prompt_ids=list(ep.prompt_ids),
             response_ids=[int(t) for t in gen.token_ids], response_logprobs=[float(x) for x in gen.logprobs],
-            response_text=gen.text, finish_reason=gen.finish_reason, action=info.get("action"),
+            response_text=text, finish_reason=gen.finish_reason, action=info.get("action"),
             valid=bool(info.get("valid", True)), reward=float(res.reward), terminated=bool(res.terminated),
             truncated=bool(res.truncated), info=_step_info(info, traj),
         )
@@ -497,13 +515,11 @@ def run_rollout(
         by (task seed, sample).
     """
     from steppo_agent.prompting import render_prompt_ids
-    from steppo_agent.trajectory_io import TrajectoryWriter, read_ids
+    from steppo_agent.trajectory_io import TrajectoryWriter
 
     render_fn = render or render_prompt_ids
     check_output(config)
-    done_ids: set[str] = set()
-    if config.output is not None and Path(config.output).exists() and Path(config.output).stat().st_size > 0:
-        done_ids = read_ids(config.output, env_id=config.env_id)
+    done_ids = resumed_ids(config, (policy.backend, policy.model))
     todo = deque((config.seed + i, j) for i in range(config.num_tasks) for j in range(config.group_size)
                  if trajectory_id(config.seed + i, j) not in done_ids)
     stats = stats if stats is not None else RolloutStats()

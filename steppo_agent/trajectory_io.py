@@ -9,6 +9,7 @@ and opening a writer on such a file cuts the torn tail off before appending (``-
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
 
-from steppo_agent.records import Trajectory
+from steppo_agent.records import SamplingConfig, Trajectory
 from steppo_envs.config import UserError
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ __all__ = [
     "read_ids",
     "read_trajectories",
     "repair_torn_tail",
+    "settings_difference",
     "to_dataframe",
 ]
 
@@ -150,14 +153,54 @@ def read_trajectories(path: str | Path) -> list[Trajectory]:
     return list(iter_trajectories(path))
 
 
-def read_ids(path: str | Path, *, env_id: str | None = None) -> set[str]:
-    """The trajectory ids already in ``path`` (for resume); checks they all come from ``env_id``."""
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from a JSON line (tuples become lists, paths strings, ...)."""
+    return json.loads(json.dumps(to_jsonable_python(value)))
+
+
+def settings_difference(
+    traj: Trajectory,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    sampling: SamplingConfig | None = None,
+    policy: tuple[str, str] | None = None,
+) -> str | None:
+    """How ``traj`` was collected differently from the given settings (``None`` = not compared), as
+    ``"<what> <old>, not <new>"``; ``None`` when they agree."""
+    if env_kwargs is not None and traj.env_kwargs != _jsonable(env_kwargs):
+        return f"env options {json.dumps(traj.env_kwargs, sort_keys=True)}, not {json.dumps(_jsonable(env_kwargs), sort_keys=True)}"
+    if sampling is not None and traj.sampling != sampling:
+        old, new = traj.sampling.model_dump(), sampling.model_dump()
+        changed = [k for k in old if old[k] != new[k]]
+        return "sampling " + ", ".join(f"{k}={old[k]!r}" for k in changed) + ", not " + ", ".join(f"{k}={new[k]!r}" for k in changed)
+    if policy is not None and (traj.policy.backend, traj.policy.model) != policy:
+        return f"the policy {traj.policy.backend}:{traj.policy.model}, not {policy[0]}:{policy[1]}"
+    return None
+
+
+def read_ids(
+    path: str | Path,
+    *,
+    env_id: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    sampling: SamplingConfig | None = None,
+    policy: tuple[str, str] | None = None,
+) -> set[str]:
+    """The trajectory ids already in ``path`` (for resume); checks that every record was collected with
+    ``env_id``, ``env_kwargs``, ``sampling`` and ``policy`` = ``(backend, model)`` (``None`` = not
+    checked), so one file never mixes two configurations. A mismatch is a :class:`TrajectoryFileError`."""
     ids: set[str] = set()
     for traj in iter_trajectories(path):
         if env_id is not None and traj.env_id != env_id:
             raise TrajectoryFileError(
                 f"{path} holds trajectories of {traj.env_id!r}, not {env_id!r}: resume with --env {traj.env_id} "
                 "or choose another --output."
+            )
+        difference = settings_difference(traj, env_kwargs=env_kwargs, sampling=sampling, policy=policy)
+        if difference is not None:
+            raise TrajectoryFileError(
+                f"{path} was collected with {difference}: resume with the same settings, or write to a new file "
+                "(--output NEW.jsonl) so one file never mixes two configurations."
             )
         ids.add(traj.id)
     return ids

@@ -30,6 +30,7 @@ from steppo_envs.paths import DataDirError, cache_dir, resolve_data_dir
 from steppo_envs.plugins import PLUGIN_GROUP, run_plugin_hooks
 from steppo_envs.render import Section, render_sections, truncate_text
 from steppo_envs.search import BM25Index, Passage, SearchHit
+from steppo_envs.step_limit import STEP_LIMIT_WRAPPER
 from steppo_envs.toolenv import (
     ToolEnv,
     ToolEnvConfig,
@@ -132,8 +133,8 @@ def register(id: str, entry_point: str | Callable[..., Any], description: str) -
     """
     if "/" not in id or not id.split("/")[-1].split("-v")[-1].isdigit():
         raise ConfigError(f"environment id {id!r} must look like 'namespace/Name-vN', e.g. 'myorg/MyTask-v0'.")
-    if id not in gymnasium.registry:
-        gymnasium.register(id=id, entry_point=entry_point, disable_env_checker=False)
+    if id not in gymnasium.registry:  # StepLimitSync: make(id, max_episode_steps=N) sets the env's own max_steps
+        gymnasium.register(id=id, entry_point=entry_point, disable_env_checker=False, additional_wrappers=(STEP_LIMIT_WRAPPER,))
     _DESCRIPTIONS[id] = description
 
 

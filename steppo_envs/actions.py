@@ -43,6 +43,7 @@ ActionKind = Literal["tool_call", "answer", "invalid"]
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
 _ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S)
 _REASONING_TAGS_RE = re.compile(r"</?(think|analysis|reasoning)>", re.I)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -97,18 +98,17 @@ def _invalid(error: str, reasoning: str = "", fmt: Literal["hermes", "compact", 
 
 
 def clean_action_text(text: object) -> str:
-    """``text`` made safe to parse, store and echo: NUL bytes removed, lone surrogates (which cannot be
-    encoded as UTF-8, so no record holding them could be written) replaced by ``?``; a non-string
-    becomes ``""``. Environments call it on the raw action before using it anywhere."""
+    """``text`` made safe to parse, store and echo: valid UTF-8 with no NUL bytes. NULs are removed and
+    every surrogate code point (a lone surrogate cannot be encoded as UTF-8, so no record holding it
+    could be written) becomes the replacement character U+FFFD; a non-string becomes ``""``. The
+    rollout applies it once to every response before the env, the record or a file sees it;
+    environments call it on the raw action too (for callers that step them directly). One linear
+    pass each; idempotent."""
     if not isinstance(text, str):
         return ""
     if "\x00" in text:
         text = text.replace("\x00", "")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
+    return _SURROGATE_RE.sub("\ufffd", text)
 
 
 def json_nesting_depth(text: str) -> int:

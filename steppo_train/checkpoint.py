@@ -1,6 +1,10 @@
 """Checkpoints: ``output_dir/checkpoints/iter_NNNNNN/`` with the actor (HF folder), critic, optimizer
 states and a ``state.json``; written to a temporary folder and renamed, so a killed run never leaves a
-half-written checkpoint behind."""
+half-written checkpoint behind.
+
+:func:`rewind_outputs` makes the rest of ``output_dir`` agree with the checkpoint a run resumes from:
+what a killed run wrote after it (metrics rows, rollout and evaluation files of later iterations) is
+removed, so a resumed run never holds an iteration twice."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CheckpointState", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointState", "latest_checkpoint", "load_checkpoint", "rewind_outputs", "save_checkpoint"]
 
 
 @dataclass
@@ -97,3 +101,65 @@ def load_checkpoint(
         opt.load_state_dict(saved[name])
     meta = json.loads((path / "state.json").read_text())
     return CheckpointState(next_iteration=int(meta["next_iteration"]), policy_version=int(meta["policy_version"]))
+
+
+def _rewrite_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (a temporary file, fsync'ed, then renamed: never half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _truncate_metrics(path: Path, next_iteration: int) -> int:
+    """Keep the metrics rows of iterations ``< next_iteration``; return how many lines were removed
+    (rows of later iterations and torn lines)."""
+    if not path.exists():
+        return 0
+    kept: list[str] = []
+    removed = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            iteration = json.loads(line).get("iteration")
+        except (ValueError, AttributeError):
+            iteration = None
+        if isinstance(iteration, int) and iteration < next_iteration:
+            kept.append(line)
+        else:
+            removed += 1
+    if removed:
+        _rewrite_atomically(path, "".join(f"{line}\n" for line in kept))
+    return removed
+
+
+def _file_iteration(path: Path) -> int | None:
+    digits = path.stem.removeprefix("iter_")
+    return int(digits) if digits.isdigit() else None
+
+
+def rewind_outputs(output_dir: str | Path, next_iteration: int) -> int:
+    """Remove what a run wrote after the state it resumes from (``next_iteration``; 0 = no checkpoint).
+
+    ``metrics.jsonl`` keeps the rows of iterations ``< next_iteration`` (rewritten atomically);
+    ``rollouts/iter_N.jsonl`` and ``eval/iter_N.jsonl`` with ``N > next_iteration`` are deleted. The
+    rollouts of iteration ``next_iteration`` stay: they were collected with the checkpoint's weights and
+    the resumed iteration continues them; so does ``eval/iter_{next_iteration}`` (evaluated with those
+    weights). Returns the number of metrics lines removed.
+    """
+    out = Path(output_dir)
+    removed = _truncate_metrics(out / "metrics.jsonl", next_iteration)
+    for folder in ("rollouts", "eval"):
+        for path in sorted((out / folder).glob("iter_*.jsonl")) if (out / folder).is_dir() else []:
+            n = _file_iteration(path)
+            if n is not None and n > next_iteration:
+                path.unlink()
+    return removed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -159,7 +160,8 @@ class TrainConfig:
     tensorboard: bool = False
     """Also write TensorBoard event files (needs the `tensorboard` extra)."""
     resume: bool = False
-    """Continue from the latest checkpoint in output_dir."""
+    """Continue from the latest checkpoint in output_dir (metrics rows and rollouts written after it are
+    removed first; with no checkpoint: start from iteration 0)."""
 
     @property
     def uses_critic(self) -> bool:
@@ -178,7 +180,8 @@ class TrainConfig:
         return (self.ratio_level or own) == "step"
 
     def validate(self) -> TrainConfig:
-        """Cross-field checks; raise ``ValueError`` naming the fix."""
+        """Range and cross-field checks; raise :class:`ConfigError` (a ``ValueError``) naming the fix."""
+        _check_ranges(self)
         if self.algo not in ALGOS:
             raise ConfigError(f"unknown algo {self.algo!r}: choose one of {', '.join(ALGOS)}.")
         if not self.uses_critic and (self.advantage_level or self.ratio_level):
@@ -211,6 +214,47 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: Numeric fields with a lower bound: name -> (bound, whether the bound itself is allowed, an example value).
+#: Fields with other ranges (gamma, lam, clip_*, top_p, kv_cache_gib, ...) are checked in ``validate``.
+_LOWER_BOUNDS: dict[str, tuple[float, bool, str]] = {
+    "tasks_per_iteration": (1, True, "8"),
+    "group_size": (1, True, "4"),
+    "temperature": (0, True, "1.0"),
+    "max_tokens": (1, True, "64"),
+    "max_model_len": (2, True, "2048"),
+    "env_workers": (0, True, "0"),
+    "iterations": (1, True, "10"),
+    "ppo_epochs": (1, True, "1"),
+    "actor_lr": (0, False, "1e-6"),
+    "critic_lr": (0, False, "1e-5"),
+    "value_clip": (0, False, "0.2"),
+    "kl_coef": (0, True, "0.0"),
+    "entropy_coef": (0, True, "0.0"),
+    "max_grad_norm": (0, False, "1.0"),
+    "weight_decay": (0, True, "0.0"),
+    "seed": (0, True, "0"),
+    "save_every": (1, True, "5"),
+    "eval_every": (0, True, "0"),
+    "eval_tasks": (1, True, "16"),
+}
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    """Every float finite, every bounded number in range (a ``--set iterations=-3`` fails here, before
+    anything loads)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, not {value!r}: e.g. --set {f.name}={f.default!r}.")
+    for name, (bound, inclusive, example) in _LOWER_BOUNDS.items():
+        value = getattr(config, name)
+        if value < bound or (value == bound and not inclusive):
+            relation = ">=" if inclusive else ">"
+            raise ConfigError(f"{name} must be {relation} {bound:g} (got {value!r}): e.g. --set {name}={example}.")
+    if not 0 < config.top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1] (got {config.top_p!r}): e.g. --set top_p=1.0.")
 
 
 def _coerce(raw: Any) -> Any:

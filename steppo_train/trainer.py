@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -27,7 +29,13 @@ from steppo_agent.records import SamplingConfig, Trajectory
 from steppo_envs.config import ConfigError
 from steppo_envs.progress import progress_bar
 from steppo_train.batch import build_step_batch
-from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
+from steppo_train.checkpoint import (
+    CheckpointState,
+    latest_checkpoint,
+    load_checkpoint,
+    rewind_outputs,
+    save_checkpoint,
+)
 from steppo_train.config import TrainConfig
 from steppo_train.evaluation import summarize
 from steppo_train.logging_utils import MetricsLogger, iteration_line, plot_metrics
@@ -44,6 +52,10 @@ from steppo_train.models import (
 from steppo_train.precision import resolve_amp
 from steppo_train.targets import compute_targets
 from steppo_train.update import IterationData, actor_loss, critic_loss, make_units, pack_units
+
+if TYPE_CHECKING:
+    from steppo_agent.policies.base import Policy
+    from steppo_agent.rollout import RolloutConfig
 
 __all__ = ["TrainResult", "init_value_head", "train"]
 
@@ -101,14 +113,11 @@ def _allreduce_grads(params: list[nn.Parameter], world: int) -> None:
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
-def _collect(config: TrainConfig, policy, iteration: int, out_dir: Path) -> list[Trajectory]:  # type: ignore[no-untyped-def]
-    """On-policy episodes for one iteration (written to rollouts/iter_N.jsonl; a crashed iteration resumes)."""
-    from steppo_agent.rollout import RolloutConfig, run_rollout
-    from steppo_agent.trajectory_io import read_trajectories
+def _rollout_config(config: TrainConfig, iteration: int, path: Path) -> RolloutConfig:
+    """The on-policy rollout of iteration ``iteration``, written to (and resumed from) ``path``."""
+    from steppo_agent.rollout import RolloutConfig
 
-    path = out_dir / "rollouts" / f"iter_{iteration:06d}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rollout = RolloutConfig(
+    return RolloutConfig(
         env_id=config.env_id,
         env_kwargs=config.env_kwargs,
         num_tasks=config.tasks_per_iteration,
@@ -124,7 +133,20 @@ def _collect(config: TrainConfig, policy, iteration: int, out_dir: Path) -> list
         progress=True,
         validate_env=False,  # checked once before training (_preflight)
     )
-    run_rollout(policy, rollout)
+
+
+def _rollout_path(out_dir: Path, iteration: int) -> Path:
+    return out_dir / "rollouts" / f"iter_{iteration:06d}.jsonl"
+
+
+def _collect(config: TrainConfig, policy, iteration: int, out_dir: Path) -> list[Trajectory]:  # type: ignore[no-untyped-def]
+    """On-policy episodes for one iteration (written to rollouts/iter_N.jsonl; a crashed iteration resumes)."""
+    from steppo_agent.rollout import run_rollout
+    from steppo_agent.trajectory_io import read_trajectories
+
+    path = _rollout_path(out_dir, iteration)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_rollout(policy, _rollout_config(config, iteration, path))
     return read_trajectories(path)
 
 
@@ -177,6 +199,9 @@ def _preflight(config: TrainConfig) -> None:
     from steppo_agent.rollout import check_env
     from steppo_agent.trajectory_io import TrajectoryFileError
 
+    if not config.resume and latest_checkpoint(config.output_dir) is not None:
+        raise ConfigError(f"{config.output_dir} already holds checkpoints of an earlier run: pass --resume to continue "
+                          "it, or choose another --output-dir.")
     if config.from_trajectories:
         missing = [f for f in config.from_trajectories if not Path(f).is_file()]
         if missing:
@@ -186,6 +211,41 @@ def _preflight(config: TrainConfig) -> None:
     check_env(config.env_id, config.env_kwargs, seed=config.seed)
     if config.eval_every > 0 and config.eval_env_kwargs:
         check_env(config.env_id, {**config.env_kwargs, **config.eval_env_kwargs}, seed=1_000_000)
+
+
+def _rewind(config: TrainConfig, out_dir: Path, start: int, checkpoint: Path | None, policy: Policy | None) -> None:
+    """Make ``out_dir`` agree with a run that continues at iteration ``start`` (see
+    :func:`~steppo_train.checkpoint.rewind_outputs`) and say what was removed; the interrupted
+    iteration's rollouts are continued only if they were collected with this run's settings."""
+    removed = rewind_outputs(out_dir, start)
+    rows = f"{removed} metrics row(s)"
+    if checkpoint is not None:
+        print(f"resumed from {checkpoint} at iteration {start}" + (f"; removed {rows} written after it" if removed else ""))
+    elif config.resume:
+        print(f"steppo: --resume: no checkpoint in {out_dir}: starting from iteration 0"
+              + (f"; removed {rows} of the interrupted run" if removed else ""), file=sys.stderr)
+    elif removed:
+        print(f"steppo: {out_dir} held {rows} of an earlier run that saved no checkpoint: removed them, starting "
+              "from iteration 0.", file=sys.stderr)
+    path = _rollout_path(out_dir, start)
+    if policy is not None and path.exists() and (difference := _rollout_difference(config, start, path, policy)):
+        path.unlink()
+        print(f"steppo: {path} was collected with {difference}: collecting iteration {start} again.", file=sys.stderr)
+
+
+def _rollout_difference(config: TrainConfig, iteration: int, path: Path, policy: Policy) -> str | None:
+    """How the records in ``path`` were collected differently from this run's iteration ``iteration``."""
+    from steppo_agent.trajectory_io import iter_trajectories, settings_difference
+
+    rollout = _rollout_config(config, iteration, path)
+    for traj in iter_trajectories(path):
+        if traj.env_id != rollout.env_id:
+            return f"env {traj.env_id}, not {rollout.env_id}"
+        difference = settings_difference(traj, env_kwargs=rollout.env_kwargs, sampling=rollout.sampling,
+                                         policy=(policy.backend, policy.model))
+        if difference is not None:
+            return difference
+    return None
 
 
 # -- the loop ----------------------------------------------------------------------------------------
@@ -224,10 +284,9 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
         optimizers["critic"] = torch.optim.AdamW(critic_params, lr=config.critic_lr, weight_decay=config.weight_decay)
 
     state = CheckpointState(next_iteration=0, policy_version=0)
-    if config.resume and (ckpt := latest_checkpoint(out_dir)) is not None:
+    ckpt = latest_checkpoint(out_dir) if config.resume else None
+    if ckpt is not None:
         state = load_checkpoint(ckpt, actor, optimizers, critic)
-        if rank == 0:
-            print(f"resumed from {ckpt} at iteration {state.next_iteration}")
 
     # the rollout policy (rank 0 only) or the offline pool
     offline: list[Trajectory] = []
@@ -246,6 +305,8 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
             **({"base_urls": config.base_urls} if config.base_urls else {}),
         ))
         owns_policy = True
+    if rank == 0:
+        _rewind(config, out_dir, state.next_iteration, ckpt, policy)
     if policy is not None and state.next_iteration > 0:
         _push(policy, actor)
 

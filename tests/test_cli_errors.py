@@ -39,7 +39,8 @@ def _needs_multihop_data() -> None:
         pytest.skip("multihop_qa data not found (set STEPPO_DATA_DIR)")
 
 
-# (id, arguments, exit code, fragment of the message). {tmp} is a fresh folder; {existing} a file with content.
+# (id, arguments, exit code, fragment of the message). {tmp} is a fresh folder; {existing} a file with content;
+# {empty} an empty file.
 CASES: list[tuple[str, list[str], int, str]] = [
     ("env-arg without =", ["rollout", "--env", TOY, *FAKE, "--env-arg", "foo"], 2, "must look like key=value"),
     ("misspelt env option", ["rollout", *MH, "--env-arg", "max_step=3"], 2, "did you mean max_steps"),
@@ -62,8 +63,21 @@ CASES: list[tuple[str, list[str], int, str]] = [
                                           "--env-arg", "expert=true", "-q", "--output", "{tmp}/x.jsonl"], 2, "no next command"),
     ("unreadable trajectory file", ["inspect", "/nonexistent/run.jsonl"], 2, "does not exist"),
     ("not a trajectory file", ["inspect", "{existing}"], 2, "is not a trajectory record"),
+    ("inspect an empty file", ["inspect", "{empty}"], 2, "holds no trajectories"),
+    ("inspect a folder", ["inspect", "{tmp}"], 2, "is a folder, not a file"),
     ("unknown --set key", ["train", "--set", "actor_lrr=1e-6"], 2, "did you mean actor_lr"),
     ("--set value of the wrong type", ["train", "--set", "iterations=many"], 2, "iterations: Input should be a valid integer"),
+    ("--set learning rate not a number", ["train", "--set", 'actor_lr="fast"'], 2, "actor_lr: Input should be a valid number"),
+    ("--set save_every not an int", ["train", "--set", "save_every=abc"], 2, "save_every: Input should be a valid integer"),
+    ("negative iterations", ["train", "--set", "iterations=-3"], 2, "iterations must be >= 1"),
+    ("negative --iterations flag", ["train", "--iterations", "-3"], 2, "iterations must be >= 1"),
+    ("zero save_every", ["train", "--set", "save_every=0"], 2, "save_every must be >= 1"),
+    ("zero learning rate", ["train", "--set", "critic_lr=0"], 2, "critic_lr must be > 0"),
+    ("infinite learning rate", ["train", "--set", "actor_lr=Infinity"], 2, "actor_lr must be a finite number"),
+    ("negative eval_every", ["train", "--set", "eval_every=-1"], 2, "eval_every must be >= 0"),
+    ("zero tasks per iteration", ["train", "--tasks", "0"], 2, "tasks_per_iteration must be >= 1"),
+    ("top_p out of range", ["train", "--set", "top_p=1.5"], 2, "top_p must be in (0, 1]"),
+    ("negative train temperature", ["train", "--set", "temperature=-0.5"], 2, "temperature must be >= 0"),
     ("unknown algorithm", ["train", "--algo", "nope"], 2, "unknown algo"),
     ("missing config file", ["train", "--config", "/nonexistent/c.yaml"], 2, "config file"),
     ("config file not a mapping", ["train", "--config", "{existing}"], 2, "mapping"),
@@ -81,7 +95,9 @@ def test_bad_invocation_is_one_line(
         _needs_multihop_data()
     existing = tmp_path / "existing.jsonl"
     existing.write_text("- not a trajectory\n- and not a mapping\n")
-    argv = [a.replace("{tmp}", str(tmp_path)).replace("{existing}", str(existing)) for a in argv]
+    (tmp_path / "empty.jsonl").write_text("")
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{existing}", str(existing)).replace("{empty}", str(tmp_path / "empty.jsonl"))
+            for a in argv]
     with pytest.raises(SystemExit) if argv[0] in ("eval",) or "--nope" in argv else _returns() as box:
         box.value = main(argv)
     err = capsys.readouterr().err
@@ -135,3 +151,31 @@ def test_library_rollout_checks_the_env_before_writing(tmp_path: Path) -> None:
     with pytest.raises(steppo_envs.ConfigError, match="max_step"):
         run_rollout(toy_env.FakePolicy(toy_env.load_tokenizer()), config)
     assert out.read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("changed", "fragment"),
+    [
+        (["--env-arg", "max_steps=3"], "env options"),
+        (["--temperature", "0.5"], "sampling temperature=1.0, not temperature=0.5"),
+        (["--max-tokens", "32"], "max_tokens=64, not max_tokens=32"),
+        (["--model", "other-model"], "the policy fake:smollm2-135m, not fake:other-model"),
+    ],
+)
+def test_resume_onto_other_settings_is_refused(
+    changed: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file never mixes two configurations: --resume with other env options, sampling or model stops
+    with one line naming the fix, and the file is left as it was."""
+    out = tmp_path / "r.jsonl"
+    assert main(["rollout", "--env", TOY, *FAKE, "-n", "2", "-q", "--output", str(out)]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    code = main(["rollout", "--env", TOY, *FAKE, "-n", "4", "-q", "--output", str(out), "--resume", *changed])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("steppo: error: "), lines
+    assert fragment in lines[0] and "--output NEW.jsonl" in lines[0], lines[0]
+    assert out.read_bytes() == before
+    # the same settings continue the file
+    assert main(["rollout", "--env", TOY, *FAKE, "-n", "4", "-q", "--output", str(out), "--resume"]) == 0
+    assert out.read_text().count("\n") == 4

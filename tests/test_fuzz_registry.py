@@ -18,7 +18,7 @@ import gymnasium as gym
 import pytest
 
 import steppo_envs
-from steppo_envs.actions import MAX_JSON_DEPTH, parse_action
+from steppo_envs.actions import MAX_ACTION_CHARS, MAX_JSON_DEPTH, clean_action_text, parse_action
 from steppo_envs.fuzzing import FuzzReport, fuzz_env, hostile_actions
 
 ACTIONS_PER_ENV = {"steppo/ALFWorld-v0": 150}  # ALFWorld steps are ~20x slower than the others
@@ -104,6 +104,68 @@ def test_parser_turns_pathological_input_into_an_invalid_action(text: str) -> No
     assert "JSON" in error or "arguments" in error or "characters long" in error or "empty" in error
 
 
+#: Every pathological shape fuzzing found (or that could make a scan quadratic), as a repeated unit.
+PATHOLOGICAL_UNITS: dict[str, str] = {
+    "compact search": "Search[",
+    "compact act": "Act[",
+    "compact answer": "Answer[",
+    "nested brackets": "[",
+    "closing brackets": "]",
+    "json objects": '{"a":',
+    "open tool calls": "<tool_call>",
+    "empty tool calls": "<tool_call></tool_call>",
+    "tool call prefix": '<tool_call>{"name": "search", "arguments": {"query": ',
+    "open answers": "<answer>",
+    "open think": "<think>",
+    "mixed tags": "Search[<tool_call>{[<answer>",
+    "one action per line": "Search[x\n",
+    "escapes": '"\\',
+    "surrogates and NULs": "\ud800\x00",
+}
+ONE_MB = 1_000_000
+
+
+@pytest.mark.parametrize("shape", sorted(PATHOLOGICAL_UNITS))
+def test_1mb_pathological_responses_parse_in_linear_time(shape: str) -> None:
+    """Not a speed target (those are in benchmarks/): a guard that no shape makes a scan quadratic. A
+    quadratic scan of 1 MB takes hours (Search[ x 20k took 159 s before the parser was bounded); a
+    linear one milliseconds, so 1 s is far from both."""
+    from steppo_envs.textworld_env.common import ACT_TOOL, read_command
+
+    unit = PATHOLOGICAL_UNITS[shape]
+    text = unit * (ONE_MB // len(unit))
+    search = steppo_envs.ToolSpec("search", "s", {"type": "object", "properties": {"query": {"type": "string"}}},
+                                  compact="Search")
+    for name, fn in (("parse_action", lambda t: parse_action(t, [search, ACT_TOOL])),
+                     ("parse_action without tools", lambda t: parse_action(t)),
+                     ("clean_action_text", clean_action_text),
+                     ("TextWorld read_command", lambda t: read_command(t, [ACT_TOOL], 120))):
+        for sample in (text, text[: MAX_ACTION_CHARS - 1]):  # past the length bound, and just under it
+            start = time.perf_counter()
+            fn(sample)
+            elapsed = time.perf_counter() - start
+            assert elapsed < 1.0, f"{name} took {elapsed:.2f} s on {len(sample):,} characters of {shape!r}"
+
+
+def test_1mb_pathological_responses_step_multihop_in_linear_time() -> None:
+    """The same shapes through a whole MultiHopQA step (parse, search, render, info)."""
+    _data("multihop_qa")
+    env = gym.make("steppo/MultiHopQA-v0", dataset="eval", max_steps=len(PATHOLOGICAL_UNITS) + 1)
+    try:
+        env.reset(seed=0)
+        for shape, unit in sorted(PATHOLOGICAL_UNITS.items()):
+            for sample in (unit * (ONE_MB // len(unit)), unit * ((MAX_ACTION_CHARS - 1) // len(unit))):
+                start = time.perf_counter()
+                obs, _, terminated, truncated, info = env.step(sample)
+                elapsed = time.perf_counter() - start
+                assert elapsed < 1.0, f"a MultiHopQA step took {elapsed:.2f} s on {len(sample):,} characters of {shape!r}"
+                json.dumps({"observation": obs, "info": info}, ensure_ascii=False).encode("utf-8")
+                if terminated or truncated:
+                    env.reset(seed=1)
+    finally:
+        env.close()
+
+
 def test_parser_accepts_nesting_up_to_the_bound_and_cleans_escapes() -> None:
     spec = steppo_envs.ToolSpec("f", "f", {"type": "object", "properties": {"x": {}}})
     inner = "[" * (MAX_JSON_DEPTH - 2) + "]" * (MAX_JSON_DEPTH - 2)
@@ -113,7 +175,7 @@ def test_parser_accepts_nesting_up_to_the_bound_and_cleans_escapes() -> None:
     bad = parse_action('<tool_call>{"name": "f", "arguments": {"x": ' + deep + "}}</tool_call>", [spec])
     assert bad.kind == "invalid" and "nested more than" in (bad.error or "")
     escaped = parse_action('<tool_call>{"name": "f", "arguments": {"x": "a\\u0000b\\ud800c"}}</tool_call>', [spec])
-    assert escaped.tool_calls[0].arguments == {"x": "ab?c"}
+    assert escaped.tool_calls[0].arguments == {"x": "ab\ufffdc"}
     json.dumps(escaped.to_dict(), ensure_ascii=False).encode("utf-8")
 
 

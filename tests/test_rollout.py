@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from typing import Any
 
 import gymnasium
@@ -10,8 +11,10 @@ import pytest
 import toy_env
 from toy_env import ENV_ID, FakePolicy
 
+from steppo_agent.policies.base import Generation
 from steppo_agent.records import SamplingConfig, Trajectory
 from steppo_agent.rollout import STATIC_INFO_KEYS, RolloutConfig, derive_seed, run_rollout
+from steppo_agent.trajectory_io import TrajectoryFileError, read_trajectories
 from steppo_envs import check_step_env
 
 
@@ -179,6 +182,58 @@ def test_env_exception_ends_only_that_episode(tokenizer: Any) -> None:
 def test_unknown_env_names_the_fix(tokenizer: Any) -> None:
     with pytest.raises(ValueError, match="steppo envs"):
         run_rollout(FakePolicy(tokenizer), _config(env_id="steppotest/Nope-v0"))
+
+
+class EchoEnv(toy_env.GuessEnv):
+    """Echoes the action it was given into the next observation, verbatim (an env that trusts its input)."""
+
+    def step(self, action: str) -> Any:
+        obs, reward, terminated, truncated, info = super().step(action)
+        return f"{obs}\nYou said: {action}", reward, terminated, truncated, info
+
+
+class MangledTextPolicy(FakePolicy):
+    """Returns the scripted tokens with a text holding lone surrogates and a NUL."""
+
+    TEXT = "\ud800Guess[\x003]\udfff é"
+
+    def generate(self, prompts: Any, sampling: SamplingConfig, seeds: Any = None) -> list[Generation]:
+        gens = super().generate(prompts, sampling, seeds)
+        return [Generation(g.token_ids, g.logprobs, self.TEXT, g.finish_reason) for g in gens]
+
+
+def test_model_text_is_made_valid_utf8_once_before_env_record_and_file(tokenizer: Any, tmp_path: Any) -> None:
+    gymnasium.register("steppotest/Echo-v0", entry_point=f"{__name__}:EchoEnv")
+    out = tmp_path / "r.jsonl"
+    trajs = run_rollout(MangledTextPolicy(tokenizer), _config(env_id="steppotest/Echo-v0", num_tasks=2, group_size=1,
+                                                              output=out))
+    assert trajs and all(len(t.steps) >= 2 for t in trajs)
+    for t in trajs:
+        json.dumps(t.model_dump(by_alias=True), ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
+        for step in t.steps:
+            assert step.response_text == "\ufffdGuess[3]\ufffd é"  # surrogates replaced, NUL gone
+        for step in t.steps[1:]:  # what the env echoed is the cleaned text
+            assert "You said: \ufffdGuess[3]\ufffd é" in step.observation
+    assert [t.model_dump() for t in read_trajectories(out)] == [t.model_dump() for t in trajs]
+
+
+@pytest.mark.parametrize("change", ["env_kwargs", "sampling", "model"])
+def test_resume_refuses_a_file_collected_with_other_settings(tokenizer: Any, tmp_path: Any, change: str) -> None:
+    out = tmp_path / "r.jsonl"
+    run_rollout(FakePolicy(tokenizer), _config(num_tasks=1, output=out))
+    before = out.read_bytes()
+    config = _config(num_tasks=3, output=out, resume=True)
+    policy = FakePolicy(tokenizer)
+    if change == "env_kwargs":
+        config = _config(num_tasks=3, output=out, resume=True, env_kwargs={"max_steps": 2})
+    elif change == "sampling":
+        config = _config(num_tasks=3, output=out, resume=True, sampling=SamplingConfig(temperature=0.5, seed=7, max_tokens=16))
+    else:
+        policy = FakePolicy(tokenizer, model="another")
+    with pytest.raises(TrajectoryFileError, match="was collected with .*--output NEW.jsonl"):
+        run_rollout(policy, config)
+    assert out.read_bytes() == before
+    assert len(run_rollout(FakePolicy(tokenizer), _config(num_tasks=3, output=out, resume=True))) == 4  # same settings go on
 
 
 # ----------------------------------------------------------------------------- real vLLM engine

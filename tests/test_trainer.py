@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import toy_env  # noqa: E402  (registers steppotest/Guess-v0)
 from tiny_model import make_tiny_llama  # noqa: E402
 
+from steppo_envs.config import ConfigError  # noqa: E402
 from steppo_train.config import ALGOS, load_config  # noqa: E402
 from steppo_train.models import ModelConfig, load_actor, load_critic  # noqa: E402
 from steppo_train.trainer import init_value_head, train  # noqa: E402
@@ -145,6 +146,121 @@ def test_resume_continues_identically(tiny: Path, tmp_path: Path) -> None:
     assert all(x["rollout/logprob_gap_max"] < 1e-3 for x in lines_b)
 
 
+TOY_RUN = ["--algo", "steppo", "--backend", "hf", "--env", f"toy_env:{toy_env.ENV_ID}", "--env-arg", "max_steps=2",
+           "--env-arg", "step_delay=0.3", "--iterations", "4", "--tasks", "2", "--group-size", "1", "--max-tokens", "8",
+           "--set", "save_every=2", "amp=false", "minibatch_size=64", "actor_lr=1e-3", "critic_lr=1e-3"]
+
+
+def _metrics_iterations(out: Path) -> list[int]:
+    return [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _final_state(out: Path, iteration: int) -> dict[str, torch.Tensor]:
+    ckpt = out / "checkpoints" / f"iter_{iteration:06d}"
+    actor = load_actor(ModelConfig(str(ckpt / "actor")))
+    state = {f"actor.{k}": v.detach() for k, v in actor.named_parameters()}
+    state.update({f"critic.{k}": v for k, v in torch.load(ckpt / "critic.pt", weights_only=True).items()})
+    return state
+
+
+@pytest.mark.slow
+def test_kill_between_checkpoints_then_resume_is_exact(tiny: Path, tmp_path: Path) -> None:
+    """`steppo train` killed with SIGKILL after iteration 2's metrics row (the last checkpoint is after
+    iteration 1), then rerun with --resume: the row of the lost iteration is cut, iterations are
+    0, 1, 2, 3 once each, and the final weights equal an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+    steppo = [sys.executable, "-c", "import sys; from steppo_agent.cli import main; sys.exit(main())", "train"]
+    run = tmp_path / "killed"
+    args = [*steppo, *TOY_RUN, "--model", str(tiny), "--output-dir", str(run)]
+    log = tmp_path / "killed.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / "metrics.jsonl").exists() and len(_metrics_iterations(run)) >= 3:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, log.read_text()[-2000:])
+    assert _metrics_iterations(run) == [0, 1, 2]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_000001"]  # killed between checkpoints
+
+    resumed = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at iteration 2; removed 1 metrics row(s) written after it" in resumed.stdout
+    assert _metrics_iterations(run) == [0, 1, 2, 3]
+    assert sorted(p.name for p in (run / "rollouts").iterdir()) == [f"iter_{i:06d}.jsonl" for i in range(4)]
+
+    straight = tmp_path / "straight"
+    done = subprocess.run([*steppo, *TOY_RUN, "--model", str(tiny), "--output-dir", str(straight)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _final_state(straight, 3), _final_state(run, 3)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    assert [json.loads(x)["charts/return_mean"] for x in (straight / "metrics.jsonl").read_text().splitlines()] == \
+        [json.loads(x)["charts/return_mean"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_rewind_outputs_keeps_exactly_what_the_checkpoint_covers(tmp_path: Path) -> None:
+    from steppo_train.checkpoint import rewind_outputs
+
+    rows = "".join(json.dumps({"iteration": i, "x": 1.0}) + "\n" for i in range(5)) + '{"iteration": 5, "x'
+    (tmp_path / "metrics.jsonl").write_text(rows)
+    for folder, iterations in (("rollouts", range(5)), ("eval", range(1, 5))):
+        (tmp_path / folder).mkdir()
+        for i in iterations:
+            (tmp_path / folder / f"iter_{i:06d}.jsonl").write_text("{}\n")
+    assert rewind_outputs(tmp_path, 2) == 4  # rows 2, 3, 4 and the torn line
+    assert _metrics_iterations(tmp_path) == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == [f"iter_{i:06d}.jsonl" for i in (0, 1, 2)]
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [f"iter_{i:06d}.jsonl" for i in (1, 2)]
+    assert not list(tmp_path.glob("*.tmp"))
+    assert rewind_outputs(tmp_path, 2) == 0  # nothing more to remove
+    assert rewind_outputs(tmp_path, 0) == 2 and _metrics_iterations(tmp_path) == []
+    assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == ["iter_000000.jsonl"]
+
+
+def test_resume_without_a_checkpoint_says_so_and_never_duplicates_rows(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: killed after metrics row 0 with no checkpoint yet; --resume starts over at 0
+    (saying so) instead of appending a second row 0."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"iteration": 0, "charts/return_mean": 9.0}) + "\n")
+    config = load_config("steppo", overrides=dict(
+        model=str(tiny), env_id=toy_env.ENV_ID, env_kwargs={"max_steps": 1}, backend="hf", iterations=1,
+        tasks_per_iteration=1, group_size=1, max_tokens=8, output_dir=str(out), amp=False, resume=True,
+    ))
+    train(config)
+    err = capsys.readouterr().err
+    assert "steppo: --resume: no checkpoint in" in err and "starting from iteration 0; removed 1 metrics row(s)" in err
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0] and rows[0]["charts/return_mean"] != 9.0
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_loading(tiny: Path, tmp_path: Path) -> None:
+    (tmp_path / "checkpoints" / "iter_000004").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "iter_000004" / "state.json").write_text("{}")
+    config = load_config("steppo", overrides=dict(model=str(tiny), env_id=toy_env.ENV_ID, backend="hf",
+                                                  output_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="pass --resume to continue it, or choose another --output-dir"):
+        train(config)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_offline_training_from_trajectory_files(tiny: Path, tmp_path: Path) -> None:
     from steppo_agent.rollout import RolloutConfig, run_rollout
 
@@ -166,6 +282,18 @@ def test_offline_training_from_trajectory_files(tiny: Path, tmp_path: Path) -> N
         ({"amp": True, "dtype": "bfloat16"}, "dtype=float32"),
         ({"trainable_layers": 0}, "trainable_layers"),
         ({"kv_cache_gib": 0.5}, "whole number of GiB"),
+        ({"iterations": -3}, "iterations must be >= 1"),
+        ({"save_every": 0}, "save_every must be >= 1"),
+        ({"actor_lr": 0.0}, "actor_lr must be > 0"),
+        ({"critic_lr": float("nan")}, "critic_lr must be a finite number"),
+        ({"eval_every": -1}, "eval_every must be >= 0"),
+        ({"tasks_per_iteration": 0}, "tasks_per_iteration must be >= 1"),
+        ({"group_size": 0}, "group_size must be >= 1"),
+        ({"temperature": -1.0}, "temperature must be >= 0"),
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"max_tokens": 0}, "max_tokens must be >= 1"),
+        ({"ppo_epochs": 0}, "ppo_epochs must be >= 1"),
+        ({"seed": -1}, "seed must be >= 0"),
     ],
 )
 def test_config_errors_name_the_fix(overrides: dict[str, object], message: str) -> None:

@@ -59,6 +59,8 @@ def check_writable_dir(folder: str | Path, what: str) -> Path:
 def check_readable_file(file: str | Path, what: str) -> Path:
     """``file`` if it is a readable file, else a :class:`UsageError` naming ``what``."""
     path = Path(file).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{what} {str(path)!r} is a folder, not a file: pass the path of a file in it.")
     if not path.is_file():
         raise UsageError(f"{what} {str(path)!r} does not exist or is not a file: check the path.")
     if not os.access(path, os.R_OK):

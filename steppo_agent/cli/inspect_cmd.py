@@ -22,9 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     from steppo_agent.analysis import format_split_table, format_summary, plot_summary, split_table, summarize
-    from steppo_agent.trajectory_io import export_parquet, read_trajectories
+    from steppo_agent.trajectory_io import TrajectoryFileError, export_parquet, read_trajectories
 
     trajs = read_trajectories(check_readable_file(args.file, "trajectory file"))
+    if not trajs:
+        raise TrajectoryFileError(f"{args.file} holds no trajectories: pass a JSONL file written by "
+                                  "`steppo rollout --output` or `steppo eval`.")
     summary = summarize(trajs)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
@@ -32,9 +35,8 @@ def run(args: argparse.Namespace) -> int:
         envs = sorted({t.env_id for t in trajs})
         models = sorted({f"{t.policy.backend}:{t.policy.model}" for t in trajs})
         print(format_summary(summary, title=f"{args.file}  env {', '.join(envs) or '-'}  policy {', '.join(models) or '-'}"))
-        if trajs:
-            print()
-            print(format_split_table(split_table(trajs)))
+        print()
+        print(format_split_table(split_table(trajs)))
     if args.plot is not None:
         for path in plot_summary(trajs, args.plot):
             print(f"wrote {path}")

@@ -114,7 +114,14 @@ def _print_end(traj: Any) -> None:
 
 
 def _run(args: argparse.Namespace, kind: str, sampling: Any, group_size: int, env_kwargs: dict[str, Any]) -> tuple[Path, list[Any]]:
-    from steppo_agent.rollout import RolloutConfig, RolloutStats, check_env, check_output, run_rollout
+    from steppo_agent.rollout import (
+        RolloutConfig,
+        RolloutStats,
+        check_env,
+        check_output,
+        resumed_ids,
+        run_rollout,
+    )
 
     if args.resume and args.output is None:
         raise UsageError("--resume needs --output FILE: the file to continue.")
@@ -129,6 +136,7 @@ def _run(args: argparse.Namespace, kind: str, sampling: Any, group_size: int, en
     check_output(config)
     # everything the user typed is checked before the model loads and before the file is touched
     check_env(config.env_id, config.env_kwargs, seed=config.seed)
+    resumed_ids(config, None if args.policy else (args.backend, args.model))  # a --resume onto other settings
     config.validate_env = False
     verbose = args.verbose if args.verbose is not None else config.num_episodes == 1
     policy = build_policy(args)

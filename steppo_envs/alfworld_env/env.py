@@ -10,6 +10,7 @@ terminates the episode), and ``info["extra"]["task_type"]`` names one of the six
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,15 @@ class ALFWorldEnv(gym.Env[str, str]):
         self._episode = GameEpisode(episode_settings(cfg), self.tools, objective_fn=_objective, wrappers_fn=_wrappers)
         self._game: AlfGame | None = None
         self._obs = ""
+
+    def set_max_steps(self, max_steps: int) -> None:
+        """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
+        max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
+        self.config = dataclasses.replace(self.config, max_steps=max_steps)
+        _validate(self.config)
+        prompt = COMPACT_SYSTEM_PROMPT if self.config.prompt_style == "compact" else SYSTEM_PROMPT
+        self.system_prompt = prompt.format(max_steps=max_steps)
+        self._episode.settings = episode_settings(self.config)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
         """Start an episode on a game drawn uniformly (``options={"game_index": i}`` picks game ``i``)."""

@@ -8,6 +8,7 @@ observation is the whole state re-rendered each step inside ``budget_chars``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +195,13 @@ class MultiHopQAEnv(gym.Env[str, str]):
         self._step = 0
         self._done = False
         self._obs = ""
+
+    def set_max_steps(self, max_steps: int) -> None:
+        """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
+        max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
+        self.config = dataclasses.replace(self.config, max_steps=max_steps)
+        _validate(self.config)
+        self.system_prompt = SYSTEM_PROMPT.format(max_steps=max_steps)
 
     # -- gymnasium API ------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:

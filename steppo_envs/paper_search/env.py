@@ -10,6 +10,7 @@ details in docs/paper_search.md.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,6 +231,13 @@ class PaperSearchEnv(gym.Env[str, str]):
         self._hint = format_hint(self.tools, allow_answer=False)
         self._ep: _Episode | None = None
         self._obs = ""
+
+    def set_max_steps(self, max_steps: int) -> None:
+        """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
+        max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
+        self.config = dataclasses.replace(self.config, max_steps=max_steps)
+        _validate(self.config)
+        self.system_prompt = SYSTEM_PROMPT.format(max_calls=self.config.max_tool_calls, max_steps=max_steps)
 
     # -- gymnasium API ------------------------------------------------------------------------------
     def reset(

@@ -10,6 +10,7 @@ See :mod:`steppo_envs.textworld_env.episode` for the exact step rules and docs/t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -173,6 +174,15 @@ class TextWorldEnv(gym.Env[str, str]):
         self._game: GameRef | None = None
         self._generated = False
         self._obs = ""
+
+    def set_max_steps(self, max_steps: int) -> None:
+        """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
+        max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
+        self.config = dataclasses.replace(self.config, max_steps=max_steps)
+        _validate(self.config)
+        prompt = COMPACT_SYSTEM_PROMPT if self.config.prompt_style == "compact" else SYSTEM_PROMPT
+        self.system_prompt = prompt.format(max_steps=max_steps)
+        self._episode.settings = episode_settings(self.config)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
         """Start an episode on a game drawn from the pool (``options={"game_index": i}`` picks game ``i``)."""
