@@ -37,9 +37,10 @@ def test_check_step_env() -> None:
 
 
 def _expert_games() -> list[tuple[str, int]]:
-    """20 games, both eval splits, every task type (round-robin over types, alternating splits)."""
+    """One game of every task type, alternating the two eval splits (the CI-sized check; the expert's
+    win rate over whole splits is what `steppo rollout --backend expert` measures)."""
     chosen: list[tuple[str, int]] = []
-    for i in range(20):
+    for i in range(len(TASK_TYPES)):
         split = ("valid_seen", "valid_unseen")[i % 2]
         ttype = TASK_TYPES[i % len(TASK_TYPES)]
         games = list_games(None, split)
@@ -49,7 +50,7 @@ def _expert_games() -> list[tuple[str, int]]:
 
 
 @pytest.mark.slow
-def test_expert_wins_20_games() -> None:
+def test_expert_wins_a_game_of_every_task_type() -> None:
     envs = {s: gym.make(ENV_ID, split=s, expert=True, max_steps=50, show_admissible=False) for s in ("valid_seen", "valid_unseen")}
     types = set()
     for split, idx in _expert_games():
@@ -102,7 +103,7 @@ _actions = st.one_of(
 
 
 @pytest.mark.slow
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # tests/test_fuzz_registry.py adds hostile actions
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # tests/test_fuzz_registry.py adds hostile actions
 @given(action=_actions)
 def test_fuzz_actions(fuzz_env: gym.Env[str, str], action: str) -> None:
     obs, reward, terminated, truncated, info = fuzz_env.step(action)

@@ -215,6 +215,25 @@ def _perturbed_state(model: Any, scale: float = 0.02) -> dict[str, Any]:
 
 
 @pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vllm")
+def test_vllm_on_cpu_runs_dense_layers_with_torch_linear(vllm_policy: Any) -> None:
+    """vLLM's per-batch-size oneDNN kernels grew the heap without bound (benchmarks/bench_vllm_linear.py):
+    the in-process CPU engine uses torch's F.linear, and the switch can be turned back."""
+    import vllm._custom_ops as ops
+
+    from steppo_agent.policies import vllm_settings
+    from steppo_agent.policies.vllm_settings import use_torch_linear
+
+    if not vllm_policy.on_cpu or not vllm_settings._ONEDNN_SUPPORTED:
+        pytest.skip("a CPU vLLM build with oneDNN linear layers only")
+    assert ops._supports_onednn is False
+    try:
+        assert use_torch_linear(False) is False and ops._supports_onednn is True
+    finally:
+        assert use_torch_linear(True) is True and ops._supports_onednn is False
+
+
+@pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_VLLM, reason="needs vllm")
 def test_vllm_weight_push_matches_transformers(vllm_policy: Any, hf_policy: Any) -> None:

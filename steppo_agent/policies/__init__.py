@@ -59,6 +59,11 @@ class PolicyConfig:
         in_process: vLLM engine core in the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
             starts ~4x faster); process-wide, read when the first engine starts.
         seed: vLLM engine seed (per-request seeds come from the sampling config / ``seeds``).
+        cpu_linear: vLLM on CPU: ``"torch"`` (default) runs dense layers with torch's ``F.linear``,
+            ``"onednn"`` with vLLM's own oneDNN kernels, whose per-batch-size cache made a training
+            process's memory grow ~5 MiB per 80 requests (see
+            :func:`~steppo_agent.policies.vllm_settings.use_torch_linear`); process-wide, read when an
+            engine loads.
         base_urls: OpenAI-compatible server roots, e.g. ``["http://127.0.0.1:8000"]`` (``/v1`` is
             appended when missing); requests are spread over them (least in-flight first).
         served_model_name: the server's model name; ``None`` asks ``/v1/models`` once.
@@ -80,6 +85,7 @@ class PolicyConfig:
     enforce_eager: bool = True
     in_process: bool = True
     seed: int = 0
+    cpu_linear: Literal["torch", "onednn"] = "torch"
     base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000"])
     served_model_name: str | None = None
     api_key: str | None = None
@@ -111,6 +117,7 @@ def make_policy(config: PolicyConfig) -> Policy:
             enforce_eager=config.enforce_eager,
             in_process=config.in_process,
             seed=config.seed,
+            cpu_linear=config.cpu_linear,
         )
     if config.backend == "openai":
         from steppo_agent.policies.openai_policy import OpenAIPolicy

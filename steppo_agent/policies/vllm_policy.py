@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from steppo_agent.default_model import resolve_model
 from steppo_agent.policies import error_generation, resolve_seeds
@@ -30,6 +30,7 @@ from steppo_agent.policies.base import Generation
 from steppo_agent.policies.vllm_settings import (
     cpu_scheduler_settings,
     quiet_vllm_environment,
+    use_torch_linear,
 )
 from steppo_agent.policies.weight_sync import WEIGHT_SYNC_EXTENSION, write_weights
 from steppo_agent.records import SamplingConfig
@@ -67,6 +68,8 @@ class VLLMPolicy:
         enforce_eager: skip graph capture / compilation.
         in_process: engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
         seed: engine seed.
+        cpu_linear: on CPU, ``"torch"`` runs dense layers with ``F.linear`` (flat memory), ``"onednn"``
+            with vLLM's own kernels (see :func:`~steppo_agent.policies.vllm_settings.use_torch_linear`).
     """
 
     backend = "vllm"
@@ -82,6 +85,7 @@ class VLLMPolicy:
         enforce_eager: bool = True,
         in_process: bool = True,
         seed: int = 0,
+        cpu_linear: Literal["torch", "onednn"] = "torch",
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -101,6 +105,8 @@ class VLLMPolicy:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
         self.dtype = dtype or ("float32" if self.on_cpu else "auto")
+        if self.on_cpu:
+            use_torch_linear(cpu_linear == "torch")
         self._engine_kwargs: dict[str, Any] = {
             "dtype": self.dtype,
             "max_model_len": max_model_len,

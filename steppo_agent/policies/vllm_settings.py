@@ -6,6 +6,8 @@
   (``VLLM_LOGGING_LEVEL``, or ``STEPPO_LOG_LEVEL`` / ``steppo --log-level`` for both), without the
   start-up notices nobody can act on (:data:`BENIGN_VLLM_NOTICES`).
 * :func:`vllm_is_cpu_build`: whether the installed vLLM is the CPU build (without importing it).
+* :func:`use_torch_linear`: vLLM's CPU dense layers through torch's ``F.linear`` instead of vLLM's
+  per-batch-size oneDNN kernels, whose cache kept growing over a training run.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BENIGN_VLLM_NOTICES", "BenignNoticeFilter", "cpu_scheduler_settings", "quiet_vllm_environment", "vllm_is_cpu_build"]
+__all__ = [
+    "BENIGN_VLLM_NOTICES", "BenignNoticeFilter", "cpu_scheduler_settings", "quiet_vllm_environment", "use_torch_linear",
+    "vllm_is_cpu_build",
+]
 
 DEFAULT_STEP_TOKEN_BUDGET = 4096
 
@@ -56,6 +61,30 @@ def cpu_scheduler_settings(max_model_len: int) -> dict[str, Any]:
     sample is ever discarded; the budget must then hold the longest prompt (``max_model_len``).
     """
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, DEFAULT_STEP_TOKEN_BUDGET)}
+
+
+_ONEDNN_SUPPORTED: bool | None = None
+
+
+def use_torch_linear(enabled: bool = True) -> bool:
+    """Make vLLM's CPU backend run dense layers with torch's ``F.linear`` (``enabled``) or with its own
+    oneDNN GEMM handlers (vLLM's default); applies to models loaded afterwards in this process.
+    Returns whether the torch path is now in use.
+
+    vLLM's oneDNN handlers compile and keep a kernel per batch size (tokens in an engine step). A
+    rollout meets ever-new sizes, and the live heap grew ~5 MiB per 80 requests with no end in sight
+    (flat when the same batch was sent again); with ``F.linear`` (MKL on CPU) it stayed flat at the
+    same speed (``benchmarks/bench_vllm_linear.py``). A vLLM without the switch is left as it is.
+    """
+    global _ONEDNN_SUPPORTED
+    import vllm._custom_ops as ops
+
+    if not hasattr(ops, "_supports_onednn"):
+        return False
+    if _ONEDNN_SUPPORTED is None:
+        _ONEDNN_SUPPORTED = bool(ops._supports_onednn)
+    ops._supports_onednn = _ONEDNN_SUPPORTED and not enabled
+    return not ops._supports_onednn
 
 
 def vllm_is_cpu_build() -> bool:
