@@ -19,7 +19,6 @@ ENV_ARG_HELP = (
 )
 
 
-
 class UsageError(UserError, ValueError):
     """A flag or argument of the command line is wrong; the message names the fix."""
 
