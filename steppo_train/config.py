@@ -84,6 +84,10 @@ class TrainConfig:
     requests wait their turn)."""
     env_workers: int = 0
     """Worker processes for env steps (0 = in-process)."""
+    weights_dir: str | None = None
+    """Folder for the weight file pushed to OpenAI-compatible servers after each update (backend
+    'openai'; deleted once loaded). None = /dev/shm (servers on this machine); servers elsewhere need a
+    folder they can read at the same path, e.g. on a shared filesystem."""
 
     # -- optimisation ------------------------------------------------------------------------------
     iterations: int = 10

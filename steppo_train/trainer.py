@@ -8,34 +8,35 @@ One iteration:
 4. advantages for the chosen algorithm;
 5. K epochs of minibatch updates, micro-batches packed by token budget (data-parallel under torchrun);
 6. push the new weights into the rollout policy;
-7. log metrics, plot, checkpoint.
+7. evaluate, log metrics, plot, checkpoint.
+
+Each phase is a named function below (``collect_phase`` ... ``report_phase``) over a :class:`Run`
+(models, optimizers, rollout source, bookkeeping) that :func:`setup` builds; :func:`train` is the
+loop. The rollout side (collection, evaluation, pre-flight checks, rewinding on resume) lives in
+:mod:`steppo_train.rollout_side`; weights reach the rollout engine through
+:func:`steppo_agent.policies.weight_sync.push_weights`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from steppo_agent.records import SamplingConfig, Trajectory
+from steppo_agent.policies.weight_sync import push_weights
+from steppo_agent.records import Trajectory
 from steppo_envs.config import ConfigError
 from steppo_envs.progress import progress_bar
-from steppo_train.batch import build_step_batch
-from steppo_train.checkpoint import (
-    CheckpointState,
-    latest_checkpoint,
-    load_checkpoint,
-    rewind_outputs,
-    save_checkpoint,
-)
+from steppo_train.batch import StepBatch, build_step_batch
+from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from steppo_train.config import TrainConfig
 from steppo_train.evaluation import summarize
 from steppo_train.logging_utils import MetricsLogger, iteration_line, plot_metrics
@@ -50,14 +51,14 @@ from steppo_train.models import (
     values_at_last_prompt_token,
 )
 from steppo_train.precision import resolve_amp
+from steppo_train.rollout_side import collect, evaluate, offline_batch, preflight, rewind
 from steppo_train.targets import compute_targets
 from steppo_train.update import IterationData, actor_loss, critic_loss, make_units, pack_units
 
 if TYPE_CHECKING:
     from steppo_agent.policies.base import Policy
-    from steppo_agent.rollout import RolloutConfig
 
-__all__ = ["TrainResult", "init_value_head", "train"]
+__all__ = ["Run", "TrainResult", "init_value_head", "setup", "train"]
 
 
 @dataclass
@@ -113,147 +114,83 @@ def _allreduce_grads(params: list[nn.Parameter], world: int) -> None:
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
-def _rollout_config(config: TrainConfig, iteration: int, path: Path) -> RolloutConfig:
-    """The on-policy rollout of iteration ``iteration``, written to (and resumed from) ``path``."""
-    from steppo_agent.rollout import RolloutConfig
+# -- the run: what stays fixed from the first iteration to the last -----------------------------------
+@dataclass
+class Run:
+    """Models, optimizers, the rollout source and the bookkeeping of one training run (built by :func:`setup`)."""
 
-    return RolloutConfig(
-        env_id=config.env_id,
-        env_kwargs=config.env_kwargs,
-        num_tasks=config.tasks_per_iteration,
-        group_size=config.group_size,
-        seed=config.seed + iteration * config.tasks_per_iteration,
-        sampling=SamplingConfig(
-            temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
-            seed=config.seed * 1_000_003 + iteration,
-        ),
-        env_workers=config.env_workers,
-        output=path,
-        resume=True,
-        progress=True,
-        validate_env=False,  # checked once before training (_preflight)
-    )
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    out_dir: Path
+    actor: nn.Module
+    critic: nn.Module | None
+    reference: nn.Module | None
+    optimizers: dict[str, torch.optim.Optimizer]
+    state: CheckpointState
+    policy: Policy | None = None
+    owns_policy: bool = False
+    offline: list[Trajectory] = field(default_factory=list)
+    use_amp: bool = False
+    logger: MetricsLogger | None = None
+    tokenizer: Any = None
+    memory: PhaseMemory = field(default_factory=PhaseMemory)
 
+    def amp(self) -> torch.autocast:
+        """bfloat16 autocast around forward passes (a no-op unless ``amp`` resolved to on)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp)
 
-def _rollout_path(out_dir: Path, iteration: int) -> Path:
-    return out_dir / "rollouts" / f"iter_{iteration:06d}.jsonl"
+    def params(self, name: str) -> list[nn.Parameter]:
+        model = self.actor if name == "actor" else self.critic
+        return [p for p in model.parameters() if p.requires_grad] if model is not None else []
 
-
-def _collect(config: TrainConfig, policy, iteration: int, out_dir: Path) -> list[Trajectory]:  # type: ignore[no-untyped-def]
-    """On-policy episodes for one iteration (written to rollouts/iter_N.jsonl; a crashed iteration resumes)."""
-    from steppo_agent.rollout import run_rollout
-    from steppo_agent.trajectory_io import read_trajectories
-
-    path = _rollout_path(out_dir, iteration)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    run_rollout(policy, _rollout_config(config, iteration, path))
-    return read_trajectories(path)
+    def batched(self, fn: Callable[[list[list[int]], list[list[int]]], Any], batch: StepBatch) -> list[torch.Tensor]:
+        return _batched(fn, batch.prompt_ids, batch.response_ids, self.config.token_budget, self.config.pad_multiple)
 
 
-def _evaluate(config: TrainConfig, policy, iteration: int, out_dir: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Greedy episodes on the evaluation tasks (``eval_env_kwargs``), summarised with bootstrap CIs."""
-    from steppo_agent.rollout import RolloutConfig, run_rollout
+def _models(config: TrainConfig, model_path: str, device: torch.device) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
+    """Actor, critic (steppo/ppo) and frozen reference (``kl_coef > 0``) on ``device``."""
+    from steppo_agent.default_model import resolve_model
 
-    path = out_dir / "eval" / f"iter_{iteration:06d}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    rollout = RolloutConfig(
-        env_id=config.env_id,
-        env_kwargs={**config.env_kwargs, **config.eval_env_kwargs},
-        num_tasks=config.eval_tasks,
-        group_size=1,
-        seed=1_000_000,
-        sampling=SamplingConfig(temperature=0.0, max_tokens=config.max_tokens),
-        env_workers=config.env_workers,
-        output=path,
-        progress=True,
-    )
-    return summarize(run_rollout(policy, rollout)).as_metrics("eval")
+    actor = load_actor(ModelConfig(model_path, config.dtype, config.gradient_checkpointing,
+                                   trainable_layers=config.trainable_layers)).to(device)
+    critic = None
+    if config.uses_critic:
+        critic = load_critic(ModelConfig(resolve_model(config.critic_model or config.model), config.dtype,
+                                         config.gradient_checkpointing, trainable_layers=config.trainable_layers))
+        init_value_head(critic, config.seed)
+        critic.to(device)
+    reference = load_actor(ModelConfig(model_path, config.dtype)).to(device).eval() if config.kl_coef > 0 else None
+    return actor, critic, reference
 
 
-def _offline_batch(config: TrainConfig, pool: list[Trajectory], iteration: int) -> list[Trajectory]:
-    """Iteration ``i`` of offline training takes the next ``tasks_per_iteration * group_size`` trajectories (cycling)."""
-    n = min(len(pool), config.tasks_per_iteration * config.group_size)
-    start = (iteration * n) % len(pool)
-    return [pool[(start + j) % len(pool)] for j in range(n)]
-
-
-def _push(policy, actor: nn.Module) -> None:  # type: ignore[no-untyped-def]
-    """Send the actor's weights to the rollout policy (in-process vLLM, HF, or a server by file path)."""
-    state = {k: v.detach().cpu() for k, v in actor.state_dict().items()}
-    if hasattr(policy, "load_weights"):
-        policy.load_weights(state)
-    elif hasattr(policy, "load_weights_from_path"):
-        from safetensors.torch import save_file
-
-        path = Path(os.environ.get("STEPPO_WEIGHTS_DIR", "/dev/shm")) / f"steppo-weights-{os.getpid()}.safetensors"
-        save_file({k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"}, str(path))
-        policy.load_weights_from_path(str(path))
-    else:
-        raise TypeError(f"policy backend {type(policy).__name__} cannot receive weights.")
-
-
-def _preflight(config: TrainConfig) -> None:
-    """Check what the user named before any model loads: the env and its options / data (train and
-    eval), or the offline trajectory files. Raises a :class:`~steppo_envs.UserError`."""
-    from steppo_agent.rollout import check_env
-    from steppo_agent.trajectory_io import TrajectoryFileError
-
-    if not config.resume and latest_checkpoint(config.output_dir) is not None:
-        raise ConfigError(f"{config.output_dir} already holds checkpoints of an earlier run: pass --resume to continue "
-                          "it, or choose another --output-dir.")
+def _rollout_source(run: Run, policy: Policy | None) -> None:
+    """The offline pool (``from_trajectories``) or the rollout policy (rank 0; built from the config
+    unless the caller passed one)."""
+    config = run.config
     if config.from_trajectories:
-        missing = [f for f in config.from_trajectories if not Path(f).is_file()]
-        if missing:
-            raise TrajectoryFileError(f"--from-trajectories {', '.join(missing)}: no such file; pass JSONL files "
-                                      "written by `steppo rollout --output`.")
-        return
-    check_env(config.env_id, config.env_kwargs, seed=config.seed)
-    if config.eval_every > 0 and config.eval_env_kwargs:
-        check_env(config.env_id, {**config.env_kwargs, **config.eval_env_kwargs}, seed=1_000_000)
+        from steppo_agent.trajectory_io import read_trajectories
+
+        run.offline = [t for f in config.from_trajectories for t in read_trajectories(f)]
+        if not run.offline:
+            raise ConfigError(f"no trajectories in {config.from_trajectories}: check the files or run `steppo rollout` first.")
+    elif run.rank == 0 and policy is None:
+        from steppo_agent.policies import PolicyConfig, make_policy
+
+        policy = make_policy(PolicyConfig(
+            backend=config.backend, model=config.model, max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
+            **({"base_urls": config.base_urls} if config.base_urls else {}),
+        ))
+        run.owns_policy = True
+    run.policy = policy
 
 
-def _rewind(config: TrainConfig, out_dir: Path, start: int, checkpoint: Path | None, policy: Policy | None) -> None:
-    """Make ``out_dir`` agree with a run that continues at iteration ``start`` (see
-    :func:`~steppo_train.checkpoint.rewind_outputs`) and say what was removed; the interrupted
-    iteration's rollouts are continued only if they were collected with this run's settings."""
-    removed = rewind_outputs(out_dir, start)
-    rows = f"{removed} metrics row(s)"
-    if checkpoint is not None:
-        print(f"resumed from {checkpoint} at iteration {start}" + (f"; removed {rows} written after it" if removed else ""))
-    elif config.resume:
-        print(f"steppo: --resume: no checkpoint in {out_dir}: starting from iteration 0"
-              + (f"; removed {rows} of the interrupted run" if removed else ""), file=sys.stderr)
-    elif removed:
-        print(f"steppo: {out_dir} held {rows} of an earlier run that saved no checkpoint: removed them, starting "
-              "from iteration 0.", file=sys.stderr)
-    path = _rollout_path(out_dir, start)
-    if policy is not None and path.exists() and (difference := _rollout_difference(config, start, path, policy)):
-        path.unlink()
-        print(f"steppo: {path} was collected with {difference}: collecting iteration {start} again.", file=sys.stderr)
+def setup(config: TrainConfig, policy: Policy | None = None) -> Run:
+    """Check the config and the env, load the models and optimizers, resume the newest checkpoint
+    (``resume``), make the rollout source, and rewind the output folder to where the run continues."""
+    from transformers import AutoTokenizer
 
-
-def _rollout_difference(config: TrainConfig, iteration: int, path: Path, policy: Policy) -> str | None:
-    """How the records in ``path`` were collected differently from this run's iteration ``iteration``."""
-    from steppo_agent.trajectory_io import iter_trajectories, settings_difference
-
-    rollout = _rollout_config(config, iteration, path)
-    for traj in iter_trajectories(path):
-        if traj.env_id != rollout.env_id:
-            return f"env {traj.env_id}, not {rollout.env_id}"
-        difference = settings_difference(traj, env_kwargs=rollout.env_kwargs, sampling=rollout.sampling,
-                                         policy=(policy.backend, policy.model))
-        if difference is not None:
-            return difference
-    return None
-
-
-# -- the loop ----------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[no-untyped-def]
-    """Train ``config.algo``: metrics.jsonl, learning_curves.png and checkpoints/ go to ``config.output_dir``.
-
-    ``policy`` overrides the rollout policy built from the config (e.g. a policy shared with other code).
-    """
     from steppo_agent.default_model import resolve_model
 
     config.validate()
@@ -261,214 +198,207 @@ def train(config: TrainConfig, *, policy=None) -> TrainResult:  # type: ignore[n
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model(config.model)
-    _preflight(config)
-
-    # models and optimizers (on this rank's GPU when there is one)
+    preflight(config)
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
-    actor = load_actor(ModelConfig(model_path, config.dtype, config.gradient_checkpointing,
-                                   trainable_layers=config.trainable_layers)).to(device)
-    critic = (
-        load_critic(ModelConfig(resolve_model(config.critic_model or config.model), config.dtype,
-                                config.gradient_checkpointing, trainable_layers=config.trainable_layers))
-        if config.uses_critic
-        else None
-    )
+    actor, critic, reference = _models(config, model_path, device)
+    run = Run(config, rank, world, device, out_dir, actor, critic, reference, optimizers={},
+              state=CheckpointState(next_iteration=0, policy_version=0), memory=PhaseMemory(trim=config.trim_memory))
+    run.optimizers["actor"] = torch.optim.AdamW(run.params("actor"), lr=config.actor_lr, weight_decay=config.weight_decay)
     if critic is not None:
-        init_value_head(critic, config.seed)
-        critic.to(device)
-    reference = load_actor(ModelConfig(model_path, config.dtype)).to(device).eval() if config.kl_coef > 0 else None
-    actor_params = [p for p in actor.parameters() if p.requires_grad]
-    optimizers = {"actor": torch.optim.AdamW(actor_params, lr=config.actor_lr, weight_decay=config.weight_decay)}
-    critic_params = [p for p in critic.parameters() if p.requires_grad] if critic is not None else []
-    if critic is not None:
-        optimizers["critic"] = torch.optim.AdamW(critic_params, lr=config.critic_lr, weight_decay=config.weight_decay)
-
-    state = CheckpointState(next_iteration=0, policy_version=0)
+        run.optimizers["critic"] = torch.optim.AdamW(run.params("critic"), lr=config.critic_lr, weight_decay=config.weight_decay)
     ckpt = latest_checkpoint(out_dir) if config.resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, actor, optimizers, critic)
-
-    # the rollout policy (rank 0 only) or the offline pool
-    offline: list[Trajectory] = []
-    owns_policy = False
-    if config.from_trajectories:
-        from steppo_agent.trajectory_io import read_trajectories
-
-        offline = [t for f in config.from_trajectories for t in read_trajectories(f)]
-        if not offline:
-            raise ConfigError(f"no trajectories in {config.from_trajectories}: check the files or run `steppo rollout` first.")
-    elif rank == 0 and policy is None:
-        from steppo_agent.policies import PolicyConfig, make_policy
-
-        policy = make_policy(PolicyConfig(
-            backend=config.backend, model=config.model, max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
-            **({"base_urls": config.base_urls} if config.base_urls else {}),
-        ))
-        owns_policy = True
+        run.state = load_checkpoint(ckpt, actor, run.optimizers, critic)
+    _rollout_source(run, policy)
     if rank == 0:
-        _rewind(config, out_dir, state.next_iteration, ckpt, policy)
-    if policy is not None and state.next_iteration > 0:
-        _push(policy, actor)
+        rewind(config, out_dir, run.state.next_iteration, ckpt, run.policy)
+    if run.policy is not None and run.state.next_iteration > 0:
+        push_weights(run.policy, _cpu_state(actor), config.weights_dir)
+    run.use_amp = resolve_amp(config.amp, device, announce=rank == 0) if config.dtype == "float32" else False
+    run.logger = MetricsLogger(out_dir / "metrics.jsonl", tensorboard=config.tensorboard) if rank == 0 else None
+    run.tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return run
 
-    pad = config.pad_multiple
-    use_amp = resolve_amp(config.amp, device, announce=rank == 0) if config.dtype == "float32" else False
 
-    def amp():  # type: ignore[no-untyped-def]
-        """bfloat16 autocast around forward passes (a no-op unless amp resolved to on)."""
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-    logger = MetricsLogger(out_dir / "metrics.jsonl", tensorboard=config.tensorboard) if rank == 0 else None
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    memory = PhaseMemory(trim=config.trim_memory)
-    for iteration in range(state.next_iteration, config.iterations):
-        t_start = time.perf_counter()
-        metrics: dict[str, float] = {}
+# -- the phases of one iteration --------------------------------------------------------------------
+def collect_phase(run: Run, iteration: int) -> list[Trajectory]:
+    """1. Episodes for this iteration: the next offline slice, or a rollout on rank 0 broadcast to all ranks."""
+    if run.offline:
+        return offline_batch(run.config, run.offline, iteration)
+    box: list[Any] = [collect(run.config, run.policy, iteration, run.out_dir) if run.rank == 0 else None]
+    if run.world > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
 
-        # 1. collect (rank 0) and share
-        if offline:
-            trajectories = _offline_batch(config, offline, iteration)
-        else:
-            box: list = [_collect(config, policy, iteration, out_dir) if rank == 0 else None]
-            if world > 1:
-                dist.broadcast_object_list(box, src=0)
-            trajectories = box[0]
-        t_rollout = time.perf_counter() - t_start
-        memory.after("rollout")
-        metrics.update(summarize(trajectories).as_metrics("charts"))
-        batch = build_step_batch(trajectories)
-        n_tokens = sum(len(r) for r in batch.response_ids)
-        metrics["rollout/steps"] = float(batch.num_rows)
-        metrics["rollout/response_tokens"] = float(n_tokens)
-        metrics["rollout/invalid_rate"] = metrics["charts/invalid_rate"]
-        metrics["rollout/truncated_rate"] = float(batch.truncated.float().mean())
 
-        # 2. old logprobs with the trainer's weights; the gap to what the rollout engine sampled with
-        actor.eval()
-        if config.algo == "sft":  # maximum likelihood needs no old policy: skip the forward pass
-            old_logprobs = [torch.zeros(len(r)) for r in batch.response_ids]
-        else:
-            with amp():
-                old_logprobs = _batched(lambda p, r: response_logprobs(actor, p, r, pad_multiple=pad), batch.prompt_ids,
-                                        batch.response_ids, config.token_budget, pad)
-        gaps = [
-            (o - torch.tensor(s)).abs() for o, s in zip(old_logprobs, batch.rollout_logprobs, strict=True)
-            if len(s) and len(s) == o.numel() and config.algo != "sft"
-        ]
+def batch_metrics(trajectories: list[Trajectory], batch: StepBatch) -> dict[str, float]:
+    """Episode outcomes (``charts/``) and the batch's size (``rollout/``)."""
+    metrics = summarize(trajectories).as_metrics("charts")
+    metrics["rollout/steps"] = float(batch.num_rows)
+    metrics["rollout/response_tokens"] = float(sum(len(r) for r in batch.response_ids))
+    metrics["rollout/invalid_rate"] = metrics["charts/invalid_rate"]
+    metrics["rollout/truncated_rate"] = float(batch.truncated.float().mean())
+    return metrics
+
+
+def score_phase(run: Run, batch: StepBatch) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, dict[str, float]]:
+    """2. Old logprobs under the trainer's weights (and their gap to the rollout engine's sampled
+    logprobs), and the reference policy's logprobs when there is a KL term."""
+    config, pad, metrics = run.config, run.config.pad_multiple, {}
+    run.actor.eval()
+    if config.algo == "sft":  # maximum likelihood needs no old policy: skip the forward pass
+        old = [torch.zeros(len(r)) for r in batch.response_ids]
+    else:
+        with run.amp():
+            old = run.batched(lambda p, r: response_logprobs(run.actor, p, r, pad_multiple=pad), batch)
+        gaps = [(o - torch.tensor(s)).abs() for o, s in zip(old, batch.rollout_logprobs, strict=True) if len(s) and len(s) == o.numel()]
         if gaps:
             flat = torch.cat(gaps)
-            metrics["rollout/logprob_gap_mean"] = float(flat.mean())
-            metrics["rollout/logprob_gap_max"] = float(flat.max())
-        memory.after("old_logprobs")
-        with amp():
-            ref_logprobs = (
-                _batched(lambda p, r: response_logprobs(reference, p, r, pad_multiple=pad), batch.prompt_ids,
-                         batch.response_ids, config.token_budget, pad)
-                if reference is not None
-                else None
-            )
+            metrics = {"rollout/logprob_gap_mean": float(flat.mean()), "rollout/logprob_gap_max": float(flat.max())}
+    run.memory.after("old_logprobs")
+    ref = None
+    if run.reference is not None:
+        with run.amp():
+            ref = run.batched(lambda p, r: response_logprobs(run.reference, p, r, pad_multiple=pad), batch)
+    return old, ref, metrics
 
-        # 3. values
-        step_values = token_values = None
-        if critic is not None:
-            critic.eval()
-            with amp():
-                if config.step_advantages:
-                    step_values = torch.stack(_batched(
-                        lambda p, r: list(values_at_last_prompt_token(critic, p, pad_multiple=pad)), batch.prompt_ids,
-                        batch.response_ids, config.token_budget, pad,
-                    ))
-                    metrics["charts/value_mean"] = float(step_values.mean())
-                else:
-                    token_values = _batched(lambda p, r: values_at_action_tokens(critic, p, r, pad_multiple=pad),
-                                            batch.prompt_ids, batch.response_ids, config.token_budget, pad)
 
-        memory.after("values")
+def values_phase(run: Run, batch: StepBatch) -> tuple[torch.Tensor | None, list[torch.Tensor] | None, dict[str, float]]:
+    """3. Critic values: at the last prompt token of each step (``step_advantages``) or at every action token."""
+    critic, pad = run.critic, run.config.pad_multiple
+    if critic is None:
+        return None, None, {}
+    critic.eval()
+    with run.amp():
+        if run.config.step_advantages:
+            step_values = torch.stack(run.batched(lambda p, r: list(values_at_last_prompt_token(critic, p, pad_multiple=pad)), batch))
+            return step_values, None, {"charts/value_mean": float(step_values.mean())}
+        return None, run.batched(lambda p, r: values_at_action_tokens(critic, p, r, pad_multiple=pad), batch), {}
 
-        # 4. advantages
-        targets = compute_targets(config, batch, step_values=step_values, token_values=token_values)
+
+def _minibatch_step(run: Run, data: IterationData, mb_units: list[int], sums: dict[str, float]) -> None:
+    """Gradients of one minibatch (micro-batches packed by token budget, this rank's share), then one
+    optimizer step per model; logged losses are added to ``sums``."""
+    config, batch = run.config, data.batch
+    mb_rows = [r for u in mb_units for r in data.units[u]]
+    mb_tokens = sum(len(batch.response_ids[r]) for r in mb_rows)
+    for opt in run.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    packs = pack_units([data.units[u] for u in mb_units], batch, config.token_budget, config.pad_multiple)
+    for pack in packs[run.rank::run.world]:
+        units = [mb_units[i] for i in pack]
+        with run.amp():
+            loss, logged = actor_loss(config, run.actor, data, units, len(mb_units), mb_tokens)
+        loss.backward()
+        if run.critic is not None:
+            rows = [r for u in units for r in data.units[u]]
+            with run.amp():
+                vloss, vlogged = critic_loss(config, run.critic, data, rows, len(mb_rows), mb_tokens)
+            vloss.backward()
+            logged = {**logged, **vlogged}
+        for k, v in logged.items():
+            sums[k] = sums.get(k, 0.0) + v
+    for name, opt in run.optimizers.items():
+        params = run.params(name)
+        _allreduce_grads(params, run.world)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        if name == "actor":
+            sums["losses/actor_grad_norm"] = sums.get("losses/actor_grad_norm", 0.0) + norm
+        opt.step()
+
+
+def update_phase(run: Run, data: IterationData, iteration: int) -> dict[str, float]:
+    """5. ``ppo_epochs`` passes of shuffled minibatches (``minibatch_size`` units each); mean logged losses."""
+    config = run.config
+    run.actor.train()
+    if run.critic is not None:
+        run.critic.train()
+    generator = torch.Generator().manual_seed(config.seed * 7919 + iteration)
+    sums: dict[str, float] = {}
+    n_minibatches = 0
+    bar = progress_bar(total=config.ppo_epochs * math.ceil(len(data.units) / config.minibatch_size),
+                       desc=f"update {iteration + 1}", unit="minibatch", enabled=run.rank == 0)
+    for _epoch in range(config.ppo_epochs):
+        order = torch.randperm(len(data.units), generator=generator).tolist()
+        for start in range(0, len(order), config.minibatch_size):
+            _minibatch_step(run, data, order[start : start + config.minibatch_size], sums)
+            n_minibatches += 1
+            bar.update(1)
+            if config.trim_memory:  # the update's activations leave the most free heap behind
+                release_free_memory(collect=False)
+    bar.close()
+    return {k: v / max(1, n_minibatches) for k, v in sums.items()}
+
+
+def push_phase(run: Run) -> None:
+    """6. The new actor weights into the rollout policy (:func:`~steppo_agent.policies.weight_sync.push_weights`)."""
+    if run.policy is not None:
+        push_weights(run.policy, _cpu_state(run.actor), run.config.weights_dir)
+        run.state.policy_version += 1
+        run.memory.after("push")
+
+
+def report_phase(run: Run, iteration: int, metrics: dict[str, float], started: float) -> None:
+    """7. Rank 0: held-out evaluation (every ``eval_every``), metrics row, progress line, plot, checkpoint."""
+    config = run.config
+    run.state.next_iteration = iteration + 1
+    if run.rank != 0:
+        return
+    if run.policy is not None and config.eval_every and (iteration + 1) % config.eval_every == 0:
+        metrics.update(evaluate(config, run.policy, iteration + 1, run.out_dir))
+        run.memory.after("eval")
+    metrics["time/iteration_s"] = time.perf_counter() - started
+    metrics.update(run.memory.take())
+    metrics["perf/peak_rss_gib"] = metrics["memory/peak_rss_gib"]
+    assert run.logger is not None
+    run.logger.log(iteration, {k: v for k, v in metrics.items() if math.isfinite(v)})
+    print(iteration_line(iteration, config.iterations, metrics), flush=True)
+    plot_metrics({config.algo: run.out_dir / "metrics.jsonl"}, run.out_dir / "learning_curves.png", title=f"{config.algo} on {config.env_id}")
+    if (iteration + 1) % config.save_every == 0 or iteration + 1 == config.iterations:
+        save_checkpoint(run.out_dir, iteration, run.state, run.actor, run.optimizers, run.critic,
+                        tokenizer=run.tokenizer, config=config.to_dict())
+
+
+def close(run: Run) -> None:
+    if run.logger is not None:
+        run.logger.close()
+    if run.owns_policy and run.policy is not None:
+        run.policy.close()
+    if run.world > 1:
+        dist.barrier()
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, policy: Policy | None = None) -> TrainResult:
+    """Train ``config.algo``: metrics.jsonl, learning_curves.png and checkpoints/ go to ``config.output_dir``.
+
+    ``policy`` overrides the rollout policy built from the config (e.g. a policy shared with other code).
+    """
+    run = setup(config, policy)
+    for iteration in range(run.state.next_iteration, config.iterations):
+        t_start = time.perf_counter()
+        trajectories = collect_phase(run, iteration)                                 # 1. collect
+        t_rollout = time.perf_counter() - t_start
+        run.memory.after("rollout")
+        batch = build_step_batch(trajectories)
+        metrics = batch_metrics(trajectories, batch)
+        old_logprobs, ref_logprobs, scored = score_phase(run, batch)                  # 2. old logprobs
+        step_values, token_values, valued = values_phase(run, batch)                  # 3. values
+        run.memory.after("values")
+        targets = compute_targets(config, batch, step_values=step_values, token_values=token_values)  # 4. advantages
         data = IterationData(batch, old_logprobs, targets, ref_logprobs, make_units(config, batch))
         if targets.step_advantages is not None:
             metrics["charts/advantage_abs_mean"] = float(targets.step_advantages.abs().mean())
-
-        # 5. K epochs of minibatch updates
-        actor.train()
-        if critic is not None:
-            critic.train()
-        generator = torch.Generator().manual_seed(config.seed * 7919 + iteration)
-        sums: dict[str, float] = {}
-        n_minibatches = 0
-        bar = progress_bar(total=config.ppo_epochs * math.ceil(len(data.units) / config.minibatch_size),
-                           desc=f"update {iteration + 1}", unit="minibatch", enabled=rank == 0)
-        for _epoch in range(config.ppo_epochs):
-            order = torch.randperm(len(data.units), generator=generator).tolist()
-            for start in range(0, len(order), config.minibatch_size):
-                mb_units = order[start : start + config.minibatch_size]
-                mb_rows = [r for u in mb_units for r in data.units[u]]
-                mb_tokens = sum(len(batch.response_ids[r]) for r in mb_rows)
-                for opt in optimizers.values():
-                    opt.zero_grad(set_to_none=True)
-                packs = pack_units([data.units[u] for u in mb_units], batch, config.token_budget, pad)
-                for pack in packs[rank::world]:
-                    units = [mb_units[i] for i in pack]
-                    with amp():
-                        loss, logged = actor_loss(config, actor, data, units, len(mb_units), mb_tokens)
-                    loss.backward()
-                    for k, v in logged.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    if critic is not None:
-                        rows = [r for u in units for r in data.units[u]]
-                        with amp():
-                            vloss, vlogged = critic_loss(config, critic, data, rows, len(mb_rows), mb_tokens)
-                        vloss.backward()
-                        for k, v in vlogged.items():
-                            sums[k] = sums.get(k, 0.0) + v
-                _allreduce_grads(actor_params, world)
-                metrics_gn = float(torch.nn.utils.clip_grad_norm_(actor_params, config.max_grad_norm))
-                sums["losses/actor_grad_norm"] = sums.get("losses/actor_grad_norm", 0.0) + metrics_gn
-                optimizers["actor"].step()
-                if critic is not None:
-                    _allreduce_grads(critic_params, world)
-                    torch.nn.utils.clip_grad_norm_(critic_params, config.max_grad_norm)
-                    optimizers["critic"].step()
-                n_minibatches += 1
-                bar.update(1)
-                if config.trim_memory:  # the update's activations leave the most free heap behind
-                    release_free_memory(collect=False)
-        bar.close()
-        metrics.update({k: v / max(1, n_minibatches) for k, v in sums.items()})
+        metrics.update({**scored, **valued, **update_phase(run, data, iteration)})   # 5. update
         t_update = time.perf_counter() - t_start - t_rollout
-        memory.after("update")
-
-        # 6. push the new weights into the rollout policy
-        if policy is not None:
-            _push(policy, actor)
-            state.policy_version += 1
-            memory.after("push")
-
-        # 7. log, evaluate, plot, checkpoint
-        state.next_iteration = iteration + 1
-        if rank == 0:
-            if policy is not None and config.eval_every and (iteration + 1) % config.eval_every == 0:
-                metrics.update(_evaluate(config, policy, iteration + 1, out_dir))
-                memory.after("eval")
-            metrics["time/rollout_s"] = t_rollout
-            metrics["time/update_s"] = t_update
-            metrics["time/iteration_s"] = time.perf_counter() - t_start
-            metrics["perf/update_tokens_per_s"] = n_tokens * config.ppo_epochs / max(t_update, 1e-9)
-            metrics.update(memory.take())
-            metrics["perf/peak_rss_gib"] = metrics["memory/peak_rss_gib"]
-            assert logger is not None
-            logger.log(iteration, {k: v for k, v in metrics.items() if math.isfinite(v)})
-            print(iteration_line(iteration, config.iterations, metrics), flush=True)
-            plot_metrics({config.algo: out_dir / "metrics.jsonl"}, out_dir / "learning_curves.png", title=f"{config.algo} on {config.env_id}")
-            if (iteration + 1) % config.save_every == 0 or iteration + 1 == config.iterations:
-                save_checkpoint(out_dir, iteration, state, actor, optimizers, critic, tokenizer=tokenizer, config=config.to_dict())
-    if logger is not None:
-        logger.close()
-    if owns_policy:
-        policy.close()
-    if world > 1:
-        dist.barrier()
-    return TrainResult(out_dir, actor, critic)
+        run.memory.after("update")
+        push_phase(run)                                                               # 6. push
+        metrics.update({"time/rollout_s": t_rollout, "time/update_s": t_update,
+                        "perf/update_tokens_per_s": metrics["rollout/response_tokens"] * config.ppo_epochs / max(t_update, 1e-9)})
+        report_phase(run, iteration, metrics, t_start)                                # 7. eval, log, checkpoint
+    close(run)
+    return TrainResult(run.out_dir, run.actor, run.critic)

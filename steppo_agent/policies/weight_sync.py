@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WEIGHT_SYNC_EXTENSION", "WeightSyncExtension", "iter_weight_files", "write_weights"]
+__all__ = ["WEIGHT_SYNC_EXTENSION", "WeightSyncExtension", "iter_weight_files", "push_weights", "write_weights"]
 
 WEIGHT_SYNC_EXTENSION = "steppo_agent.policies.weight_sync.WeightSyncExtension"
 
@@ -49,6 +49,25 @@ def write_weights(state_dict: Mapping[str, Any], directory: str | os.PathLike[st
     os.close(fd)
     save_file(tensors, path)
     return Path(path)
+
+
+def push_weights(policy: Any, state_dict: Mapping[str, Any], directory: str | os.PathLike[str] | None = None) -> int:
+    """Send ``state_dict`` to a rollout policy; return its new weight version.
+
+    An in-process policy (vLLM, transformers) takes the tensors (``load_weights``); OpenAI-compatible
+    servers (``load_weights_from_path``) read a file that :func:`write_weights` puts in ``directory``
+    (default ``/dev/shm``; servers on other machines need a folder they can read, e.g. a shared
+    filesystem: the trainer's ``weights_dir``). The file is deleted once the servers have loaded it.
+    """
+    if hasattr(policy, "load_weights"):
+        return int(policy.load_weights(state_dict))
+    if hasattr(policy, "load_weights_from_path"):
+        path = write_weights(state_dict, directory)
+        try:
+            return int(policy.load_weights_from_path(str(path)))
+        finally:
+            path.unlink(missing_ok=True)
+    raise TypeError(f"policy backend {type(policy).__name__} cannot receive weights: use the vllm, hf or openai backend.")
 
 
 def iter_weight_files(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:

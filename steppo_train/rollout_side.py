@@ -1,0 +1,141 @@
+"""The trainer's rollout side: on-policy collection, greedy evaluation, offline batches, the checks
+made before any model loads, and rewinding an output folder on resume. :mod:`steppo_train.trainer`
+calls these; none of them touches the models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from steppo_agent.records import SamplingConfig, Trajectory
+from steppo_envs.config import ConfigError
+from steppo_train.checkpoint import latest_checkpoint, rewind_outputs
+from steppo_train.config import TrainConfig
+from steppo_train.evaluation import summarize
+
+if TYPE_CHECKING:
+    from steppo_agent.policies.base import Policy
+    from steppo_agent.rollout import RolloutConfig
+
+__all__ = ["collect", "evaluate", "offline_batch", "preflight", "rewind"]
+
+
+def _rollout_config(config: TrainConfig, iteration: int, path: Path) -> RolloutConfig:
+    """The on-policy rollout of iteration ``iteration``, written to (and resumed from) ``path``."""
+    from steppo_agent.rollout import RolloutConfig
+
+    return RolloutConfig(
+        env_id=config.env_id,
+        env_kwargs=config.env_kwargs,
+        num_tasks=config.tasks_per_iteration,
+        group_size=config.group_size,
+        seed=config.seed + iteration * config.tasks_per_iteration,
+        sampling=SamplingConfig(
+            temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
+            seed=config.seed * 1_000_003 + iteration,
+        ),
+        env_workers=config.env_workers,
+        output=path,
+        resume=True,
+        progress=True,
+        validate_env=False,  # checked once before training (_preflight)
+    )
+
+
+def _rollout_path(out_dir: Path, iteration: int) -> Path:
+    return out_dir / "rollouts" / f"iter_{iteration:06d}.jsonl"
+
+
+def collect(config: TrainConfig, policy: Policy, iteration: int, out_dir: Path) -> list[Trajectory]:
+    """On-policy episodes for one iteration (written to rollouts/iter_N.jsonl; a crashed iteration resumes)."""
+    from steppo_agent.rollout import run_rollout
+    from steppo_agent.trajectory_io import read_trajectories
+
+    path = _rollout_path(out_dir, iteration)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_rollout(policy, _rollout_config(config, iteration, path))
+    return read_trajectories(path)
+
+
+def evaluate(config: TrainConfig, policy: Policy, iteration: int, out_dir: Path) -> dict[str, float]:
+    """Greedy episodes on the evaluation tasks (``eval_env_kwargs``), summarised with bootstrap CIs."""
+    from steppo_agent.rollout import RolloutConfig, run_rollout
+
+    path = out_dir / "eval" / f"iter_{iteration:06d}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    rollout = RolloutConfig(
+        env_id=config.env_id,
+        env_kwargs={**config.env_kwargs, **config.eval_env_kwargs},
+        num_tasks=config.eval_tasks,
+        group_size=1,
+        seed=1_000_000,
+        sampling=SamplingConfig(temperature=0.0, max_tokens=config.max_tokens),
+        env_workers=config.env_workers,
+        output=path,
+        progress=True,
+    )
+    return summarize(run_rollout(policy, rollout)).as_metrics("eval")
+
+
+def offline_batch(config: TrainConfig, pool: list[Trajectory], iteration: int) -> list[Trajectory]:
+    """Iteration ``i`` of offline training takes the next ``tasks_per_iteration * group_size`` trajectories (cycling)."""
+    n = min(len(pool), config.tasks_per_iteration * config.group_size)
+    start = (iteration * n) % len(pool)
+    return [pool[(start + j) % len(pool)] for j in range(n)]
+
+
+def preflight(config: TrainConfig) -> None:
+    """Check what the user named before any model loads: the env and its options / data (train and
+    eval), or the offline trajectory files. Raises a :class:`~steppo_envs.UserError`."""
+    from steppo_agent.rollout import check_env
+    from steppo_agent.trajectory_io import TrajectoryFileError
+
+    if not config.resume and latest_checkpoint(config.output_dir) is not None:
+        raise ConfigError(f"{config.output_dir} already holds checkpoints of an earlier run: pass --resume to continue "
+                          "it, or choose another --output-dir.")
+    if config.from_trajectories:
+        missing = [f for f in config.from_trajectories if not Path(f).is_file()]
+        if missing:
+            raise TrajectoryFileError(f"--from-trajectories {', '.join(missing)}: no such file; pass JSONL files "
+                                      "written by `steppo rollout --output`.")
+        return
+    check_env(config.env_id, config.env_kwargs, seed=config.seed)
+    if config.eval_every > 0 and config.eval_env_kwargs:
+        check_env(config.env_id, {**config.env_kwargs, **config.eval_env_kwargs}, seed=1_000_000)
+
+
+def rewind(config: TrainConfig, out_dir: Path, start: int, checkpoint: Path | None, policy: Policy | None) -> None:
+    """Make ``out_dir`` agree with a run that continues at iteration ``start`` (see
+    :func:`~steppo_train.checkpoint.rewind_outputs`) and say what was removed; the interrupted
+    iteration's rollouts are continued only if they were collected with this run's settings."""
+    removed = rewind_outputs(out_dir, start)
+    rows = f"{removed} metrics row(s)"
+    if checkpoint is not None:
+        print(f"resumed from {checkpoint} at iteration {start}" + (f"; removed {rows} written after it" if removed else ""))
+    elif config.resume:
+        print(f"steppo: --resume: no checkpoint in {out_dir}: starting from iteration 0"
+              + (f"; removed {rows} of the interrupted run" if removed else ""), file=sys.stderr)
+    elif removed:
+        print(f"steppo: {out_dir} held {rows} of an earlier run that saved no checkpoint: removed them, starting "
+              "from iteration 0.", file=sys.stderr)
+    path = _rollout_path(out_dir, start)
+    if policy is not None and path.exists() and (difference := _rollout_difference(config, start, path, policy)):
+        path.unlink()
+        print(f"steppo: {path} was collected with {difference}: collecting iteration {start} again.", file=sys.stderr)
+
+
+def _rollout_difference(config: TrainConfig, iteration: int, path: Path, policy: Policy) -> str | None:
+    """How the records in ``path`` were collected differently from this run's iteration ``iteration``."""
+    from steppo_agent.trajectory_io import iter_trajectories, settings_difference
+
+    rollout = _rollout_config(config, iteration, path)
+    for traj in iter_trajectories(path):
+        if traj.env_id != rollout.env_id:
+            return f"env {traj.env_id}, not {rollout.env_id}"
+        difference = settings_difference(traj, env_kwargs=rollout.env_kwargs, sampling=rollout.sampling,
+                                         policy=(policy.backend, policy.model))
+        if difference is not None:
+            return difference
+    return None
