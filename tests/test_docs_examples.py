@@ -209,3 +209,9 @@ def test_a_registered_example_id_is_listed(label_env: types.ModuleType) -> None:
     assert "myproj/Label-v0" in steppo_envs.registered_ids()
     assert steppo_envs.describe("myproj/Label-v0") == "You check claims against a collection of passages."
     assert isinstance(gymnasium.make("myproj/Label-v0").unwrapped, steppo_envs.ToolEnv)
+
+
+def test_contributing_check_example_runs() -> None:
+    """docs/contributing.md's "check it" block runs as written (on the bundled MultiHopQA data)."""
+    pytest.importorskip("bm25s")
+    exec(compile(block("contributing-check", ROOT / "docs" / "contributing.md"), "contributing.md", "exec"), {})
