@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from steppo_agent.analysis import summarize
 from steppo_agent.trajectory_io import read_trajectories
-from steppo_train.evaluation import summarize
 from steppo_train.logging_utils import plot_interval_curves, plot_metrics, read_metrics
 
 STEPPO = [sys.executable, "-m", "steppo_agent.cli"]
@@ -119,7 +119,7 @@ def evaluate(exp: Experiment, model: str, out: Path, name: str) -> dict:
 
 def _summary(path: Path) -> dict:
     s = summarize(read_trajectories(path))
-    return {"success": s.success_rate, "ci": s.success_ci, "return": s.return_mean, "steps": s.steps_mean,
+    return {"success": s.success_rate, "ci": s.success_ci, "return": s.mean_return, "steps": s.mean_steps,
             "invalid": s.invalid_rate}
 
 

@@ -1,8 +1,10 @@
-"""Summaries and charts of trajectory files (``steppo inspect``, ``steppo eval``).
+"""The one episode-summary module: ``steppo inspect``, ``steppo eval``, the trainer's metrics and the
+experiments all summarise trajectories here.
 
-:func:`summarize` reduces trajectories to a :class:`Summary` (episodes, success rate, steps, return,
-reward by step index, action kinds, validity, finish reasons, token counts); :func:`format_summary`
-prints it; :func:`split_table` is the per-split table of ``steppo eval``; :func:`plot_summary` writes
+:func:`summarize` reduces trajectories to a :class:`Summary` (episodes, success rate with a 95%
+bootstrap interval, steps, return, invalid rate, reward by step index, action kinds, validity,
+finish reasons, token counts); :meth:`Summary.as_metrics` gives the trainer's metric names;
+:func:`format_summary` prints it; :func:`split_table` is the per-split table of ``steppo eval``; :func:`plot_summary` writes
 PNG charts with matplotlib's Agg backend (no display needed).
 """
 
@@ -14,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from steppo_agent.records import Trajectory
 
-__all__ = ["SPLIT_KEYS", "SplitRow", "Summary", "format_split_table", "format_summary", "plot_summary", "split_of",
-           "split_table", "summarize"]
+__all__ = ["SPLIT_KEYS", "SplitRow", "Summary", "bootstrap_ci", "format_split_table", "format_summary", "plot_summary",
+           "split_of", "split_table", "summarize"]
 
 #: ``info["extra"]`` keys that name a task's split / family, in order of preference.
 SPLIT_KEYS: tuple[str, ...] = ("split", "dataset", "task_type", "preset", "source")
@@ -27,13 +31,30 @@ def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
 
 
+def bootstrap_ci(values: Sequence[float], *, samples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean: deterministic for a given ``seed`` and independent of the
+    order of ``values`` (episodes written in finishing order give the same interval as in task order)."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    if x.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(samples, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
 @dataclass
 class Summary:
-    """Aggregate numbers of a set of trajectories (``None`` success values are left out of the rate)."""
+    """Aggregate numbers of a set of trajectories. An episode whose env reported no success
+    (``success is None``) is left out of ``success_rate`` and its interval and counted in
+    ``unknown_success``; every other figure counts every episode."""
 
     episodes: int = 0
     groups: int = 0
     success_rate: float | None = None
+    success_ci: tuple[float, float] = (float("nan"), float("nan"))
+    unknown_success: int = 0
+    invalid_rate: float = 0.0
     mean_steps: float = 0.0
     mean_return: float = 0.0
     min_return: float = 0.0
@@ -55,6 +76,19 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        """The trainer's metric names (``<prefix>/success_rate`` ...); NaN where nothing was measured."""
+        nan = float("nan")
+        return {
+            f"{prefix}/success_rate": nan if self.success_rate is None else self.success_rate,
+            f"{prefix}/success_ci_low": self.success_ci[0],
+            f"{prefix}/success_ci_high": self.success_ci[1],
+            f"{prefix}/return_mean": self.mean_return if self.episodes else nan,
+            f"{prefix}/steps_mean": self.mean_steps if self.episodes else nan,
+            f"{prefix}/invalid_rate": self.invalid_rate,
+            f"{prefix}/episodes": float(self.episodes),
+        }
+
 
 def _ending(traj: Trajectory) -> str:
     if traj.terminated:
@@ -64,14 +98,16 @@ def _ending(traj: Trajectory) -> str:
     return "unfinished"
 
 
-def summarize(trajs: Iterable[Trajectory]) -> Summary:
-    """Reduce trajectories to a :class:`Summary`."""
+def summarize(trajs: Iterable[Trajectory], *, seed: int = 0) -> Summary:
+    """Reduce trajectories to a :class:`Summary` (``seed``: the bootstrap's, for the success interval)."""
     trajs = list(trajs)
     s = Summary(episodes=len(trajs), groups=len({t.group_id for t in trajs}))
     if not trajs:
         return s
-    successes = [bool(t.success) for t in trajs if t.success is not None]
-    s.success_rate = _mean([float(x) for x in successes]) if successes else None
+    successes = [float(bool(t.success)) for t in trajs if t.success is not None]
+    s.unknown_success = len(trajs) - len(successes)
+    s.success_rate = _mean(successes) if successes else None
+    s.success_ci = bootstrap_ci(successes, seed=seed)
     returns = [t.return_ for t in trajs]
     s.mean_return, s.min_return, s.max_return = _mean(returns), min(returns), max(returns)
     s.mean_steps = _mean([float(len(t.steps)) for t in trajs])
@@ -85,6 +121,7 @@ def summarize(trajs: Iterable[Trajectory]) -> Summary:
         s.valid_by_step.append(_mean([float(st.valid) for st in at_k]))
     s.action_kinds = dict(Counter(str((st.action or {}).get("kind", "none")) for st in steps).most_common())
     s.validity = dict(Counter("valid" if st.valid else "invalid" for st in steps).most_common())
+    s.invalid_rate = sum(1 for st in steps if not st.valid) / max(1, len(steps))
     s.finish_reasons = dict(Counter(st.finish_reason for st in steps).most_common())
     s.endings = dict(Counter(_ending(t) for t in trajs).most_common())
     s.prompt_tokens = sum(len(st.prompt_ids) for st in steps)

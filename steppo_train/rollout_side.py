@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from steppo_agent.analysis import summarize
 from steppo_agent.records import SamplingConfig, Trajectory
 from steppo_envs.config import ConfigError
 from steppo_train.checkpoint import latest_checkpoint, rewind_outputs
 from steppo_train.config import TrainConfig
-from steppo_train.evaluation import summarize
 
 if TYPE_CHECKING:
     from steppo_agent.policies.base import Policy

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from steppo_agent.analysis import summarize
 from steppo_agent.policies.weight_sync import push_weights
 from steppo_agent.records import Trajectory
 from steppo_envs.config import ConfigError
@@ -38,7 +39,6 @@ from steppo_envs.progress import progress_bar
 from steppo_train.batch import StepBatch, build_step_batch
 from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from steppo_train.config import TrainConfig
-from steppo_train.evaluation import summarize
 from steppo_train.logging_utils import MetricsLogger, iteration_line, plot_metrics
 from steppo_train.memory import PhaseMemory, release_free_memory
 from steppo_train.models import (
