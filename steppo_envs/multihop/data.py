@@ -20,9 +20,15 @@ also in an evaluation file (15 IRCoT questions are in ``hotpotqa_dev200``); ``"e
 works, and ``"hub:hotpot_qa"`` (optionally ``"hub:hotpot_qa:<split>"``, default ``validation``)
 loads the canonical hub dataset (config ``distractor``) through the ``datasets`` extra.
 
+Your own file: a part of the list that is a path (it ends in ``.json`` / ``.jsonl`` or holds a ``/``)
+is a user file in the official HotpotQA layout (or the IRCoT / MuSiQue layouts above), read by
+:func:`load_user_file` with errors naming the file, the line or record and :data:`USER_LAYOUT`.
+
 The search corpus (:func:`pooled_corpus`) pools the unique ``(title, text)`` paragraphs of *all*
-files, question contexts and the HippoRAG corpus files alike (about 20k paragraphs). Loads are
-cached in-process, so building a second environment over the same data is fast.
+files, question contexts and the HippoRAG corpus files alike (about 20k paragraphs); the environment
+adds the paragraphs of a user file's questions. Loads are cached in-process (a user file by its
+content hash, so an edited file is read again), so building a second environment over the same data
+is fast.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,18 +44,24 @@ from typing import Any
 
 from steppo_envs.config import ConfigError
 from steppo_envs.contract import optional_import
+from steppo_envs.datafiles import file_digest, read_records, record_error, user_file
 
 __all__ = [
     "CORPUS_FILES",
     "DATASETS",
     "SPLITS",
+    "USER_LAYOUT",
     "Paragraph",
     "QAExample",
     "dataset_names",
+    "dataset_parts",
+    "is_file_part",
     "load_dataset",
     "load_hub_hotpotqa",
     "load_named",
+    "load_user_file",
     "pooled_corpus",
+    "user_file_keys",
 ]
 
 SUBDIR = "multihop_qa"
@@ -72,7 +85,7 @@ class QAExample:
         answers: the gold answer and its aliases (first = the main answer).
         supporting_titles: titles of the paragraphs needed to answer (in dataset order, unique).
         paragraphs: the question's own context paragraphs (empty when the file has none).
-        source: the dataset name (a key of :data:`DATASETS`, or ``"hub:hotpot_qa"``).
+        source: the dataset name (a key of :data:`DATASETS`, ``"hub:hotpot_qa"``, or a user file's name).
     """
 
     id: str
@@ -90,8 +103,11 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i for i in items if i))
 
 
-def _join_sentences(sentences: Iterable[str]) -> str:
-    """Join sentence lists; HotpotQA sentences carry their own leading space, 2Wiki ones do not."""
+def _join_sentences(sentences: Iterable[str] | str) -> str:
+    """Join sentence lists; HotpotQA sentences carry their own leading space, 2Wiki ones do not (a
+    user file may give one string instead of a list)."""
+    if isinstance(sentences, str):
+        return sentences.strip()
     out = ""
     for s in sentences:
         if out and s and not s[0].isspace() and not out[-1].isspace():
@@ -195,33 +211,117 @@ CORPUS_FILES: tuple[str, ...] = (
 _PARSERS = {"ircot": _parse_ircot, "official": _parse_official, "musique": _parse_musique}
 
 
+USER_LAYOUT = (
+    'one JSON object per line (.jsonl) or a JSON list (.json) in the HotpotQA layout {"_id": ..., "question": ..., '
+    '"answer": ..., "supporting_facts": [[title, sentence_index], ...], "context": [[title, [sentence, ...]], ...]} '
+    "(only question and answer are required; the IRCoT and MuSiQue layouts of the bundled files work too)"
+)
+"""The layout of a user's question file, as error messages describe it."""
+
+
 def dataset_names() -> list[str]:
-    """The valid values of ``MultiHopQAConfig.dataset`` besides comma-separated lists."""
+    """The valid values of ``MultiHopQAConfig.dataset`` besides comma-separated lists and file paths."""
     return [*SPLITS, *DATASETS, "hub:hotpot_qa"]
+
+
+def is_file_part(part: str) -> bool:
+    """Whether one part of a ``dataset`` value is a file path rather than a dataset name."""
+    return part.lower().endswith((".json", ".jsonl")) or "/" in part or os.sep in part or part.startswith("~")
+
+
+def dataset_parts(dataset: str) -> list[str]:
+    """The non-empty, stripped parts of a comma-separated ``dataset`` value."""
+    return [p for p in (part.strip() for part in dataset.split(",")) if p]
+
+
+def user_file_keys(dataset: str) -> tuple[tuple[str, str], ...]:
+    """``(resolved path, content hash)`` of each user file named in ``dataset``: the cache keys."""
+    keys = []
+    for part in dataset_parts(dataset):
+        if is_file_part(part):
+            path = user_file(part, "dataset", USER_LAYOUT)
+            keys.append((str(path), file_digest(path)))
+    return tuple(keys)
+
+
+def _detect_format(rec: dict[str, Any]) -> str:
+    if "question_text" in rec or "contexts" in rec:
+        return "ircot"
+    if "paragraphs" in rec:
+        return "musique"
+    return "official"
+
+
+def _check_example(ex: QAExample) -> str | None:
+    if not ex.question:
+        return "the question is empty"
+    if not ex.answers:
+        return "the answer is empty"
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def load_user_file(path: str, digest: str) -> tuple[QAExample, ...]:
+    """The examples of a user's question file (``digest``, its content hash, keys the cache).
+
+    A record without an id gets ``<file name>:<line or record number>``; any problem raises a
+    :class:`ConfigError` naming the file, the line or record and :data:`USER_LAYOUT`.
+    """
+    file = Path(path)
+    out = []
+    for rec in read_records(file, USER_LAYOUT):
+        fmt = _detect_format(rec.data)
+        id_key = {"official": "_id", "ircot": "question_id", "musique": "id"}[fmt]
+        data = {id_key: rec.data.get("id", f"{file.name}:{rec.number}"), **rec.data}
+        try:
+            ex = _PARSERS[fmt](data, file.name)
+        except KeyError as exc:
+            raise record_error(file, rec.where, f"the record has no {exc.args[0]!r} field", USER_LAYOUT) from None
+        except (TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise record_error(file, rec.where, f"a field has the wrong shape ({type(exc).__name__}: {exc})", USER_LAYOUT) from None
+        problem = _check_example(ex)
+        if problem:
+            raise record_error(file, rec.where, problem, USER_LAYOUT)
+        out.append(ex)
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=16)
 def load_named(data_dir: str, name: str) -> tuple[QAExample, ...]:
     """The examples of one named dataset (a key of :data:`DATASETS`) under ``data_dir``, cached."""
     if name not in DATASETS:
-        raise ConfigError(f"unknown multi-hop QA dataset {name!r}: use one of {', '.join(dataset_names())}.")
+        raise ConfigError(
+            f"unknown multi-hop QA dataset {name!r}: use one of {', '.join(dataset_names())}, "
+            "or the path of your own .json / .jsonl file."
+        )
     filename, fmt = DATASETS[name]
     parse = _PARSERS[fmt]
     return tuple(parse(rec, name) for rec in _read_records(Path(data_dir) / SUBDIR / filename))
 
 
-@functools.lru_cache(maxsize=16)
 def load_dataset(data_dir: str, dataset: str) -> tuple[QAExample, ...]:
-    """Examples for a split, a dataset name, or a comma-separated list of them (local files), cached."""
-    names: list[str] = []
-    for part in (p.strip() for p in dataset.split(",")):
-        if not part:
-            continue
-        names.extend(SPLITS.get(part, (part,)))
-    if not names:
+    """Examples for a split, a dataset name, a user file, or a comma-separated list of them, cached
+    in-process (user files by their content hash)."""
+    return _load_dataset(data_dir, dataset, user_file_keys(dataset))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_dataset(data_dir: str, dataset: str, files: tuple[tuple[str, str], ...]) -> tuple[QAExample, ...]:
+    parts = dataset_parts(dataset)
+    if not parts:
         raise ConfigError(f"dataset is empty: use one of {', '.join(dataset_names())}.")
-    examples = [ex for name in dict.fromkeys(names) for ex in load_named(data_dir, name)]
-    if "train" in (p.strip() for p in dataset.split(",")):
+    digests = iter(files)
+    examples: list[QAExample] = []
+    names: set[str] = set()
+    for part in parts:
+        if is_file_part(part):
+            examples.extend(load_user_file(*next(digests)))
+            continue
+        for name in SPLITS.get(part, (part,)):
+            if name not in names:
+                names.add(name)
+                examples.extend(load_named(data_dir, name))
+    if "train" in parts:
         held_out = {ex.id for name in SPLITS["eval"] for ex in load_named(data_dir, name)}
         examples = [ex for ex in examples if ex.id not in held_out]
     return tuple(examples)

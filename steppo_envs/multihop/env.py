@@ -28,6 +28,7 @@ from steppo_envs.multihop.data import (
     load_hub_hotpotqa,
     parse_hub_spec,
     pooled_corpus,
+    user_file_keys,
 )
 from steppo_envs.paths import resolve_data_dir
 from steppo_envs.render import Section, render_sections, truncate_text
@@ -44,8 +45,10 @@ class MultiHopQAConfig:
     Attributes:
         data_dir: folder holding ``multihop_qa/``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``.
         dataset: ``"train"`` (IRCoT HotpotQA 500 + HotpotQA train 100, minus eval overlaps), ``"eval"``
-            (HotpotQA, MuSiQue and 2Wiki, 200 each), a dataset name such as ``"musique_dev200"``, a
-            comma-separated list of those, or ``"hub:hotpot_qa[:split]"`` (needs the ``datasets`` extra).
+            (HotpotQA, MuSiQue and 2Wiki, 200 each), a dataset name such as ``"musique_dev200"``, the path
+            of your own ``.json`` / ``.jsonl`` file in the HotpotQA layout (its paragraphs are added to
+            the searched corpus), a comma-separated list of those, or ``"hub:hotpot_qa[:split]"`` (needs
+            the ``datasets`` extra).
         max_steps: steps per episode (tool calls, answers and invalid actions all count); the last one
             truncates the episode when it is not an answer.
         top_k: passages returned by one search.
@@ -117,7 +120,10 @@ def _index_for(paragraphs: tuple[Paragraph, ...], backend: Backend, title_weight
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(root: str | None, dataset: str, backend: Backend, title_weight: int, cache: bool) -> TaskData:
+def _load_cached(
+    root: str | None, dataset: str, files: tuple[tuple[str, str], ...], backend: Backend, title_weight: int, cache: bool
+) -> TaskData:
+    """``files`` (each user file's path and content hash) is part of the cache key only."""
     hub = parse_hub_spec(dataset)
     if hub is not None:
         examples = load_hub_hotpotqa(hub[1])
@@ -126,6 +132,8 @@ def _load_cached(root: str | None, dataset: str, backend: Backend, title_weight:
         assert root is not None
         examples = load_dataset(root, dataset)
         paragraphs = pooled_corpus(root)
+        if files:  # a user file's paragraphs join the pooled corpus (the bundled ones are in it already)
+            paragraphs = dedup_paragraphs([*paragraphs, *(p for ex in examples for p in ex.paragraphs)])
     if not examples:
         raise ConfigError(f"dataset {dataset!r} has no questions: choose another dataset or check the data files.")
     return TaskData(examples, _index_for(paragraphs, backend, title_weight, cache))
@@ -137,11 +145,16 @@ def load_task_data(
     """Examples and search index for a configuration, cached in-process (the index also on disk).
 
     Local datasets share one corpus pooled from every file under the data directory (``data_dir``,
-    else ``$STEPPO_DATA_DIR``, else ``../shared/data``); a hub dataset (``"hub:hotpot_qa"``) needs
-    no data directory and searches the pooled paragraphs of its own examples.
+    else ``$STEPPO_DATA_DIR``, else ``../shared/data``), plus the paragraphs of a user file's
+    questions; a hub dataset (``"hub:hotpot_qa"``) needs no data directory and searches the pooled
+    paragraphs of its own examples. A user file is keyed by its content hash, here and in the index
+    cache (which hashes the corpus), so an edited file is never searched through a stale index.
     """
-    root = None if parse_hub_spec(dataset) else str(resolve_data_dir(data_dir, subdir=SUBDIR).parent)
-    return _load_cached(root, dataset, backend, title_weight, cache)
+    if parse_hub_spec(dataset):
+        return _load_cached(None, dataset, (), backend, title_weight, cache)
+    files = user_file_keys(dataset)  # a missing file is reported before the data directory
+    root = str(resolve_data_dir(data_dir, subdir=SUBDIR).parent)
+    return _load_cached(root, dataset, files, backend, title_weight, cache)
 
 
 @dataclass

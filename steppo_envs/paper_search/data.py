@@ -17,6 +17,10 @@ Splits (deterministic, never overlapping; see :func:`split_of`): ``train`` is 80
 AutoScholarQuery questions; ``test_autoscholar`` is the other 20% (chosen by a hash of the qid);
 ``test_litsearch`` and ``test_realscholar`` are the LitSearch and RealScholarQuery questions;
 ``test`` is the union of the three test splits; ``all`` is everything.
+
+Your own data: :func:`read_user_questions` reads a question file in the layout of the matched file
+(:data:`QUESTIONS_LAYOUT`), :func:`load_user_corpus` a corpus file in the layout of the corpus
+(:data:`CORPUS_LAYOUT`); the index of a user corpus is cached under its content hash.
 """
 
 from __future__ import annotations
@@ -26,33 +30,43 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from steppo_envs.datafiles import FileRecord, file_digest, read_records, record_error, user_file
 from steppo_envs.paths import cache_dir, resolve_data_dir
 from steppo_envs.search import TOKENIZER_VERSION, Backend, BM25Index, Passage, SearchHit, tokenize
 
 __all__ = [
     "BENCH_FILE",
     "CORPUS_FILE",
+    "CORPUS_LAYOUT",
     "MATCHED_FILE",
+    "NO_CUTOFF_YEAR",
+    "QUESTIONS_LAYOUT",
     "SPLITS",
     "BenchQuery",
     "Paper",
     "PaperCorpus",
     "PaperSearchResources",
     "PaperTask",
+    "UserQuestion",
     "load_bench_queries",
     "load_corpus",
     "load_resources",
     "load_tasks",
+    "load_user_corpus",
+    "read_user_questions",
     "split_of",
+    "user_tasks",
 ]
 
 BENCH_FILE = "scholargym_bench.jsonl"
@@ -61,6 +75,21 @@ CORPUS_FILE = "mlanthology_corpus.jsonl.gz"
 SPLITS = ("train", "test", "test_autoscholar", "test_litsearch", "test_realscholar", "all")
 TEST_PERCENT = 20
 _CORPUS_CACHE_VERSION = "1"
+NO_CUTOFF_YEAR = 9999
+"""The ``year`` of a question without a date: every paper is searchable."""
+
+QUESTIONS_LAYOUT = (
+    'one JSON object per line (.jsonl) or a JSON list (.json) like scholargym_mlanth_matched.jsonl: {"qid": ..., '
+    '"query": ..., "gold": [{"corpus_id": a corpus paper id, or null for a paper not in the corpus}, ...] (or a list '
+    'of paper ids), optional "date": "YYYY-MM" (the search cut-off), "n_gold", "source"}'
+)
+"""The layout of a user's question file, as error messages describe it."""
+
+CORPUS_LAYOUT = (
+    "one JSON object per line (.jsonl, or .jsonl.gz) or a JSON list (.json) like mlanthology_corpus.jsonl.gz: "
+    '{"id": ..., "title": ..., "abstract": ..., optional "year" (a number) and "venue"}'
+)
+"""The layout of a user's corpus file, as error messages describe it."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +122,7 @@ class PaperTask:
         qid: the ScholarGym question id (the env's ``task_id``).
         source: ``PASA_AutoScholar``, ``PASA_RealScholar`` or ``LitSearch``.
         question: the research question shown to the agent.
-        date: the search cut-off, ``YYYY-MM``.
+        date: the search cut-off, ``YYYY-MM`` (``""`` for a user question without one: no cut-off).
         gold_ids: corpus ids of the gold papers that are in the corpus (the ones that are scored).
         n_gold_total: how many gold papers the question has, in the corpus or not.
         split: the split the question belongs to (see :func:`split_of`).
@@ -109,8 +138,8 @@ class PaperTask:
 
     @property
     def year(self) -> int:
-        """The year of the search cut-off."""
-        return int(self.date[:4])
+        """The year of the search cut-off (:data:`NO_CUTOFF_YEAR` without a date)."""
+        return int(self.date[:4]) if self.date else NO_CUTOFF_YEAR
 
 
 def split_of(qid: str, source: str) -> str:
@@ -249,6 +278,30 @@ def _parse_corpus(path: Path, show_progress: bool) -> PaperCorpus:
     return PaperCorpus(ids, titles, abstracts, np.asarray(years, dtype=np.int16), venues, dict(df))
 
 
+_CORPUS_VERSION = f"v{_CORPUS_CACHE_VERSION}-tok{TOKENIZER_VERSION}"  # doc_freq depends on the tokenizer
+
+
+def _cached_corpus(filename: str, source_key: str, parse: Callable[[], PaperCorpus]) -> PaperCorpus:
+    """The corpus from the pickle ``cache_dir("paper_search")/<filename>``, else ``parse()``d and saved there."""
+    cached = cache_dir("paper_search") / filename
+    t0 = time.perf_counter()
+    if cached.is_file():
+        with open(cached, "rb") as f:
+            cols = pickle.load(f)
+        corpus = PaperCorpus(**cols)
+        corpus.from_cache = True
+    else:
+        corpus = parse()
+        cols = {k: getattr(corpus, k) for k in ("ids", "titles", "abstracts", "years", "venues", "doc_freq")}
+        fd, tmp = tempfile.mkstemp(prefix=cached.name, dir=cached.parent)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(cols, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, cached)  # atomic: concurrent loaders race safely
+    corpus.source_key = source_key
+    corpus.load_seconds = time.perf_counter() - t0
+    return corpus
+
+
 def load_corpus(data_dir: str | os.PathLike[str] | None = None, *, show_progress: bool = True) -> PaperCorpus:
     """Load the corpus, from the pickle cache when the gzip file is unchanged (same size and mtime)."""
     path = resolve_data_dir(data_dir, subdir="paper_search") / CORPUS_FILE
@@ -257,24 +310,48 @@ def load_corpus(data_dir: str | os.PathLike[str] | None = None, *, show_progress
             f"{str(path)!r} is missing: put the paper_search files of the shared data there or pass data_dir=...."
         )
     st = path.stat()
-    version = f"v{_CORPUS_CACHE_VERSION}-tok{TOKENIZER_VERSION}"  # doc_freq depends on the tokenizer
-    cached = cache_dir("paper_search") / f"corpus-{version}-{st.st_size}-{st.st_mtime_ns}.pkl"
-    t0 = time.perf_counter()
-    if cached.is_file():
-        with open(cached, "rb") as f:
-            cols = pickle.load(f)
-        corpus = PaperCorpus(**cols)
-        corpus.from_cache = True
-    else:
-        corpus = _parse_corpus(path, show_progress)
-        cols = {k: getattr(corpus, k) for k in ("ids", "titles", "abstracts", "years", "venues", "doc_freq")}
-        fd, tmp = tempfile.mkstemp(prefix=cached.name, dir=cached.parent)
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(cols, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, cached)  # atomic: concurrent loaders race safely
-    corpus.source_key = f"{CORPUS_FILE}|{st.st_size}|{st.st_mtime_ns}"
-    corpus.load_seconds = time.perf_counter() - t0
-    return corpus
+    return _cached_corpus(
+        f"corpus-{_CORPUS_VERSION}-{st.st_size}-{st.st_mtime_ns}.pkl",
+        f"{CORPUS_FILE}|{st.st_size}|{st.st_mtime_ns}",
+        lambda: _parse_corpus(path, show_progress),
+    )
+
+
+def _paper_fields(path: Path, rec: FileRecord) -> tuple[str, str, str, int, str]:
+    """``(id, title, abstract, year, venue)`` of one user corpus record, checked."""
+    r = rec.data
+    pid = r.get("id")
+    if not isinstance(pid, str | int) or isinstance(pid, bool) or not str(pid).strip():
+        raise record_error(path, rec.where, "the record has no 'id' field (a non-empty string)", CORPUS_LAYOUT)
+    title, abstract = r.get("title") or "", r.get("abstract") or ""
+    if not isinstance(title, str) or not isinstance(abstract, str) or not (title.strip() or abstract.strip()):
+        raise record_error(path, rec.where, "the paper needs a 'title' or an 'abstract' (strings)", CORPUS_LAYOUT)
+    year = str(r.get("year") or "0").strip()
+    if not year.isdigit() or int(year) > 32767:
+        raise record_error(path, rec.where, f"'year' must be a number, got {r.get('year')!r}", CORPUS_LAYOUT)
+    return str(pid).strip(), title, abstract, int(year), str(r.get("venue") or "")
+
+
+def _parse_user_corpus(path: Path) -> PaperCorpus:
+    rows = [(rec, _paper_fields(path, rec)) for rec in read_records(path, CORPUS_LAYOUT)]
+    seen: dict[str, str] = {}
+    for rec, (pid, *_rest) in rows:
+        if pid in seen:
+            raise record_error(path, rec.where, f"paper id {pid!r} is also at {seen[pid]}", CORPUS_LAYOUT)
+        seen[pid] = rec.where
+    ids, titles, abstracts, years, venues = (list(col) for col in zip(*(fields for _, fields in rows), strict=True))
+    df: Counter[str] = Counter()
+    for title, abstract in zip(titles, abstracts, strict=True):
+        df.update(set(tokenize(title + " " + abstract)))
+    return PaperCorpus(ids, titles, abstracts, np.asarray(years, dtype=np.int16), venues, dict(df))
+
+
+def load_user_corpus(corpus_file: str | os.PathLike[str]) -> PaperCorpus:
+    """A user's corpus file (:data:`CORPUS_LAYOUT`), parsed once and cached under its content hash,
+    as is its BM25 index; a bad record raises :class:`ConfigError` naming the file and the line."""
+    path = user_file(str(corpus_file), "corpus", CORPUS_LAYOUT)
+    digest = file_digest(path)
+    return _cached_corpus(f"user-corpus-{_CORPUS_VERSION}-{digest}.pkl", f"user-corpus|{digest}", lambda: _parse_user_corpus(path))
 
 
 # -- search resources shared by environments ----------------------------------------------------
@@ -356,15 +433,95 @@ def load_resources(
     b: float = 0.75,
     title_weight: int = 2,
     show_progress: bool = True,
+    corpus_file: str | os.PathLike[str] | None = None,
 ) -> PaperSearchResources:
-    """The shared :class:`PaperSearchResources` for these settings (built or loaded once per process)."""
-    root = resolve_data_dir(data_dir, subdir="paper_search")
-    key = (str(root), str(cache_dir("paper_search")), backend, k1, b, title_weight)
+    """The shared :class:`PaperSearchResources` for these settings (built or loaded once per process).
+
+    ``corpus_file`` replaces the bundled corpus with a user's (then no data directory is needed); it
+    is keyed by its content hash, so an edited file gets a new index.
+    """
+    if corpus_file is not None:
+        path = user_file(str(corpus_file), "corpus", CORPUS_LAYOUT)
+        source: tuple[str, ...] = ("user", str(path), file_digest(path))
+    else:
+        root = resolve_data_dir(data_dir, subdir="paper_search")
+        source = ("bundled", str(root))
+    key = (*source, str(cache_dir("paper_search")), backend, k1, b, title_weight)
     res = _RESOURCES.get(key)
     if res is None:
-        corpus = load_corpus(root.parent, show_progress=show_progress)
+        corpus = load_user_corpus(corpus_file) if corpus_file is not None else load_corpus(root.parent, show_progress=show_progress)
         res = PaperSearchResources(
             corpus, backend=backend, k1=k1, b=b, title_weight=title_weight, show_progress=show_progress
         )
         _RESOURCES[key] = res
     return res
+
+
+# -- a user's question file -----------------------------------------------------------------------
+
+_DATE_RE = re.compile(r"^\d{4}(-\d{2}){0,2}$")
+
+
+@dataclass(frozen=True)
+class UserQuestion:
+    """One question of a user's file: ``where`` it is (``"line 3"``), the gold ids it names (``None``
+    for a gold paper outside the corpus) and the task it becomes."""
+
+    where: str
+    gold: tuple[str | None, ...]
+    task: PaperTask
+
+
+def _gold_ids(path: Path, rec: FileRecord) -> tuple[str | None, ...]:
+    gold = rec.data.get("gold")
+    if not isinstance(gold, list) or not gold:
+        raise record_error(path, rec.where, "'gold' must be a non-empty list of the papers that answer the question", QUESTIONS_LAYOUT)
+    out: list[str | None] = []
+    for g in gold:
+        pid: Any = g.get("corpus_id") if isinstance(g, dict) else g
+        if pid is not None and (not isinstance(pid, str | int) or isinstance(pid, bool) or not str(pid).strip()):
+            raise record_error(path, rec.where, f"a gold paper id must be a string, got {pid!r}", QUESTIONS_LAYOUT)
+        out.append(None if pid is None else str(pid).strip())
+    return tuple(out)
+
+
+def _user_question(path: Path, rec: FileRecord) -> UserQuestion:
+    r = rec.data
+    for name in ("qid", "query"):
+        if not isinstance(r.get(name), str | int) or not str(r[name]).strip():
+            raise record_error(path, rec.where, f"the record has no {name!r} field (a non-empty string)", QUESTIONS_LAYOUT)
+    date = str(r.get("date") or "").strip()
+    if date and not _DATE_RE.match(date):
+        raise record_error(path, rec.where, f"'date' must look like YYYY-MM, got {r.get('date')!r}", QUESTIONS_LAYOUT)
+    gold = _gold_ids(path, rec)
+    n_gold = r.get("n_gold", len(gold))
+    if not isinstance(n_gold, int) or n_gold < len([g for g in gold if g]):
+        raise record_error(path, rec.where, f"'n_gold' must be a whole number >= the gold ids given, got {n_gold!r}", QUESTIONS_LAYOUT)
+    ids = tuple(dict.fromkeys(g for g in gold if g))
+    task = PaperTask(str(r["qid"]).strip(), str(r.get("source") or "user"), str(r["query"]).strip(), date, ids, n_gold, "user")
+    return UserQuestion(rec.where, gold, task)
+
+
+def read_user_questions(questions_file: str | os.PathLike[str]) -> list[UserQuestion]:
+    """The questions of a user's file (:data:`QUESTIONS_LAYOUT`); a bad record raises
+    :class:`ConfigError` naming the file, the line or record and the layout."""
+    path = user_file(str(questions_file), "questions", QUESTIONS_LAYOUT)
+    return [_user_question(path, rec) for rec in read_records(path, QUESTIONS_LAYOUT)]
+
+
+def user_tasks(
+    questions: Sequence[UserQuestion], corpus: PaperCorpus, questions_file: str | os.PathLike[str], *, include_partial: bool = False
+) -> list[PaperTask]:
+    """The tasks of a user's questions over ``corpus``: every gold id they name must be a corpus paper;
+    a question with gold papers outside the corpus (``null`` ids) is a task only with ``include_partial``."""
+    path = Path(questions_file)
+    tasks = []
+    for q in questions:
+        missing = [g for g in q.task.gold_ids if g not in corpus.index_of]
+        if missing:
+            raise record_error(
+                path, q.where, f"gold paper {missing[0]!r} is not in the corpus (use null for a paper outside it)", QUESTIONS_LAYOUT
+            )
+        if q.task.gold_ids and (len(q.task.gold_ids) == q.task.n_gold_total or include_partial):
+            tasks.append(q.task)
+    return tasks

@@ -20,7 +20,15 @@ import gymnasium as gym
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
 from steppo_envs.config import ConfigError, build_config
 from steppo_envs.contract import StepInfo, make_info, text_space
-from steppo_envs.paper_search.data import SPLITS, PaperSearchResources, PaperTask, load_resources, load_tasks
+from steppo_envs.paper_search.data import (
+    SPLITS,
+    PaperSearchResources,
+    PaperTask,
+    load_resources,
+    load_tasks,
+    read_user_questions,
+    user_tasks,
+)
 from steppo_envs.paper_search.reward import GoldReward, RewardFn, selection_metrics
 from steppo_envs.render import Section, render_sections, truncate_text
 from steppo_envs.search import Backend, SearchHit, tokenize
@@ -86,7 +94,12 @@ class PaperSearchConfig:
     Attributes:
         data_dir: the data root (holding ``paper_search/``); ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``.
         split: ``train`` (80% of AutoScholarQuery), ``test`` (the other 20% + LitSearch + RealScholarQuery),
-            ``test_autoscholar``, ``test_litsearch``, ``test_realscholar`` or ``all``.
+            ``test_autoscholar``, ``test_litsearch``, ``test_realscholar`` or ``all``; ignored with ``questions_file``.
+        questions_file: your own questions, a JSONL / JSON file in the layout of
+            ``scholargym_mlanth_matched.jsonl`` (see ``QUESTIONS_LAYOUT``); every question of it is a task.
+        corpus_file: your own corpus, a JSONL(.gz) / JSON file in the layout of the bundled corpus (see
+            ``CORPUS_LAYOUT``), searched instead of the bundled one; needs ``questions_file``, whose gold
+            ids are then ids of this corpus. With both files no data directory is needed.
         include_partial: also admit questions with only some gold papers in the corpus (scoring those).
         max_steps: steps per episode (every step counts, invalid ones too).
         max_tool_calls: tool calls one step may carry.
@@ -112,6 +125,8 @@ class PaperSearchConfig:
 
     data_dir: str | None = None
     split: str = "train"
+    questions_file: str | None = None
+    corpus_file: str | None = None
     include_partial: bool = False
     max_steps: int = 5
     max_tool_calls: int = 3
@@ -152,6 +167,40 @@ def _validate(cfg: PaperSearchConfig) -> None:
         raise ConfigError(
             "obs_budget_chars must be >= 500 and abstract_chars, date_slack_years >= 0: fix those options."
         )
+
+
+def _tasks_and_resources(cfg: PaperSearchConfig) -> tuple[list[PaperTask], PaperSearchResources]:
+    """The questions and the search resources of a configuration; the question files are checked
+    before the (possibly slow) index is loaded."""
+    if cfg.corpus_file and not cfg.questions_file:
+        raise ConfigError(
+            "corpus_file needs questions_file: the bundled questions' gold papers are ids of the bundled corpus, "
+            "so pass questions_file=... whose gold ids are papers of your corpus."
+        )
+    questions = read_user_questions(cfg.questions_file) if cfg.questions_file else None
+    tasks: list[PaperTask] = []
+    if questions is None:
+        tasks = load_tasks(cfg.data_dir, cfg.split, include_partial=cfg.include_partial)
+        if not tasks:
+            raise ConfigError(f"split {cfg.split!r} has no questions in this data directory: pick another split or data_dir.")
+    resources = load_resources(
+        cfg.data_dir,
+        backend=cfg.backend,
+        k1=cfg.k1,
+        b=cfg.b,
+        title_weight=cfg.title_weight,
+        show_progress=cfg.show_progress,
+        corpus_file=cfg.corpus_file,
+    )
+    if questions is not None:
+        assert cfg.questions_file is not None
+        tasks = user_tasks(questions, resources.corpus, cfg.questions_file, include_partial=cfg.include_partial)
+        if not tasks:
+            raise ConfigError(
+                f"questions_file {cfg.questions_file!r} has no question whose gold papers are all in the corpus: "
+                "pass include_partial=True or add gold ids of corpus papers."
+            )
+    return tasks, resources
 
 
 _ID_SPLIT_RE = re.compile(r"[\s,;]+")
@@ -208,19 +257,7 @@ class PaperSearchEnv(gym.Env[str, str]):
             raise ConfigError(f"render_mode={render_mode!r} is not supported: use None or 'ansi'.")
         self.render_mode = render_mode
         cfg = self.config
-        self.tasks = load_tasks(cfg.data_dir, cfg.split, include_partial=cfg.include_partial)
-        if not self.tasks:
-            raise ConfigError(
-                f"split {cfg.split!r} has no questions in this data directory: pick another split or data_dir."
-            )
-        self.resources: PaperSearchResources = load_resources(
-            cfg.data_dir,
-            backend=cfg.backend,
-            k1=cfg.k1,
-            b=cfg.b,
-            title_weight=cfg.title_weight,
-            show_progress=cfg.show_progress,
-        )
+        self.tasks, self.resources = _tasks_and_resources(cfg)
         self.reward_fn: RewardFn = (
             cfg.reward_fn if cfg.reward_fn is not None else GoldReward(cfg.wrong_select_penalty)
         )
@@ -422,10 +459,10 @@ class PaperSearchEnv(gym.Env[str, str]):
         ep = self._ep
         assert ep is not None
         cfg = self.config
-        task = (
-            f"Question: {ep.task.question}\nFind the papers that answer it. Searchable papers: published in "
-            f"{ep.max_year} or earlier (question date {ep.task.date})."
+        searchable = (
+            f"published in {ep.max_year} or earlier (question date {ep.task.date})" if ep.task.date else "all (the question has no date)"
         )
+        task = f"Question: {ep.task.question}\nFind the papers that answer it. Searchable papers: {searchable}."
         sections = [Section(task, title="Task", keep=True)]
         if ep.history:
             sections.append(Section("\n".join(ep.history), title="History", priority=1))

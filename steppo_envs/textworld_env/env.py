@@ -28,6 +28,7 @@ from steppo_envs.textworld_env.games import (
     pool_refs,
     user_game_refs,
 )
+from steppo_envs.textworld_env.planner import plan_from_game_state
 from steppo_envs.tools import ToolSpec
 
 __all__ = ["COMPACT_SYSTEM_PROMPT", "SYSTEM_PROMPT", "TextWorldConfig", "TextWorldEnv"]
@@ -62,7 +63,9 @@ class TextWorldConfig:
         show_inventory: include the inventory section (costs one extra engine call per step).
         show_admissible: include the admissible commands section.
         expert: re-plan each step and put the expert's next command in ``info["extra"]["expert_command"]``
-            (slower: the planner runs every step).
+            (slower: the planner runs every step). A game with no walkthrough and no recorded quest actions
+            is planned from its own logic (:mod:`steppo_envs.textworld_env.planner`); one that cannot be
+            planned is refused at reset with an error naming the game.
         draw: how reset picks a game: ``"random"`` (uniform from the env's RNG) or ``"cycle"``: reset with
             seed ``s`` plays game ``s % pool_size``, so ``pool_size`` consecutive seeds play every game exactly
             once (for evaluation); ``options={"game_index": i}`` overrides both.
@@ -170,7 +173,7 @@ class TextWorldEnv(gym.Env[str, str]):
         self.system_prompt = prompt.format(max_steps=cfg.max_steps)
         self.observation_space = text_space()
         self.action_space = text_space()
-        self._episode = GameEpisode(episode_settings(cfg), self.tools, objective_fn=_objective)
+        self._episode = GameEpisode(episode_settings(cfg), self.tools, objective_fn=_objective, planner=plan_from_game_state)
         self._game: GameRef | None = None
         self._generated = False
         self._obs = ""

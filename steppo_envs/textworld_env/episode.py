@@ -34,12 +34,16 @@ from steppo_envs.textworld_env.common import (
     read_command,
     render_state,
 )
+from steppo_envs.textworld_env.planner import Plan
 from steppo_envs.tools import ToolSpec
 
-__all__ = ["EpisodeSettings", "GameEpisode", "StepResult"]
+__all__ = ["EpisodeSettings", "GameEpisode", "PlannerFn", "StepResult"]
 
 ObjectiveFn = Callable[[Any], tuple[str, str]]
 """``GameState at reset -> (objective, first observation text)``."""
+
+PlannerFn = Callable[[Any], Plan]
+"""``GameState -> Plan``: winning commands from the current state (see :mod:`.planner`)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,12 @@ def _as_float(value: Any, default: float) -> float:
 
 
 class GameEpisode:
-    """Plays one game at a time on a TextWorld engine started with ``request_infos`` and ``wrappers``."""
+    """Plays one game at a time on a TextWorld engine started with ``request_infos`` and ``wrappers``.
+
+    ``planner`` (TextWorld games) computes winning commands from the game's logic when the engine's
+    own expert has no plan and the game no walkthrough; with ``expert=True`` a game it cannot plan is
+    refused at reset.
+    """
 
     def __init__(
         self,
@@ -87,8 +96,11 @@ class GameEpisode:
         objective_fn: ObjectiveFn,
         wrappers_fn: Callable[[], list[Any]] | None = None,
         inventory_infos: bool = True,
+        planner: PlannerFn | None = None,
     ) -> None:
         self.settings = settings
+        self._planner = planner
+        self._planned_at = -1
         self.tools = tuple(tools)
         self._objective_fn = objective_fn
         self._wrappers_fn = wrappers_fn or list
@@ -139,6 +151,20 @@ class GameEpisode:
         self.score = _as_float(self._state.get("score"), 0.0)
         walkthrough = self._state.get("extra.walkthrough")
         self.walkthrough = list(walkthrough) if isinstance(walkthrough, list | tuple) else []
+        self._planned_at = -1
+        if self.settings.expert and self._planner is not None and not self._state.get("policy_commands") and not self.walkthrough:
+            self._plan_first(path)
+
+    def _plan_first(self, path: Path) -> None:
+        """Plan the whole game at reset (it has no walkthrough and the engine no plan), or refuse it."""
+        assert self._planner is not None
+        plan = self._planner(self._state)
+        if plan.commands is None:
+            raise ConfigError(
+                f"expert=True cannot play the TextWorld game {path.stem!r} ({str(path)!r}): it has no walkthrough "
+                f"and {plan.reason}; use expert=False for it, or give its .json a metadata 'walkthrough'."
+            )
+        self.walkthrough, self._planned_at = list(plan.commands), 0
 
     def close(self) -> None:
         if self._engine is not None:
@@ -169,14 +195,29 @@ class GameEpisode:
 
     def expert_command(self) -> str | None:
         """The expert's next command: the re-planned ``policy_commands[0]``, else the walkthrough's
-        next command while the agent has followed the walkthrough exactly; ``None`` when unknown."""
+        next command while the agent has followed the walkthrough exactly, else (with a ``planner``)
+        the first command of a plan searched from the current state; ``None`` when unknown."""
         plan = self._state.get("policy_commands") if self._state is not None else None
         if plan:
             return str(plan[0])
+        if not self._on_walkthrough():
+            self._replan()
+        return self.walkthrough[len(self._commands)] if self._on_walkthrough() else None
+
+    def _on_walkthrough(self) -> bool:
+        """Whether the commands sent so far are the walkthrough's first ones and it has a next one."""
         n = len(self._commands)
-        if self.walkthrough[:n] == self._commands and n < len(self.walkthrough):
-            return self.walkthrough[n]
-        return None
+        return n < len(self.walkthrough) and [normalize(c) for c in self.walkthrough[:n]] == self._commands
+
+    def _replan(self) -> None:
+        """Plan from the current state once per game command (the agent left the walkthrough)."""
+        n = len(self._commands)
+        if self._planner is None or not self.settings.expert or self._planned_at == n or self.won or self.lost:
+            return
+        self._planned_at = n
+        plan = self._planner(self._state)
+        if plan.commands:
+            self.walkthrough = [*self._commands, *plan.commands]
 
     def metrics(self) -> dict[str, float]:
         max_score = self.max_score
