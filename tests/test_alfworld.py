@@ -31,11 +31,6 @@ def test_games_and_task_types() -> None:
         list_games(None, "nope")
 
 
-@pytest.mark.slow
-def test_check_step_env() -> None:
-    steppo_envs.check_step_env(gym.make(ENV_ID, split="valid_seen", max_steps=6))
-
-
 def _expert_games() -> list[tuple[str, int]]:
     """One game of every task type, alternating the two eval splits (the CI-sized check; the expert's
     win rate over whole splits is what `steppo rollout --backend expert` measures)."""
