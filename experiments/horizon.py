@@ -28,15 +28,17 @@ import dataclasses
 import json
 import resource
 import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from textworld_cpu import (  # experiments/ is on sys.path when this file runs as a script
+    STEPPO,
+    _env_args,
+    _run,
+)
 
 from steppo_agent.trajectory_io import read_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPPO = [sys.executable, "-m", "steppo_agent.cli"]
 
 #: name -> (algorithm, extra trainer settings). gamma = 1 for every critic variant so that the step and
 #: token timelines discount alike (the reward comes at the end only).
@@ -79,23 +81,8 @@ class Horizon:
     seeds: tuple[int, ...] = (0, 1, 2)
 
 
-def _env_args(env: dict) -> list[str]:
-    return [x for k, v in env.items() for x in ("--env-arg", f"{k}={json.dumps(v)}")]
-
-
 def _cli(cmd: list[str]) -> str:
     return shlex.join(["steppo", *cmd[len(STEPPO):]])
-
-
-def _run(cmd: list[str], log: Path) -> float:
-    """Run one stage in its own process; append its command line to ``log``; return its wall time."""
-    line = _cli(cmd)
-    print(f"\n$ {line}", flush=True)
-    with open(log, "a") as f:
-        f.write(line + "\n")
-    t0 = time.time()
-    subprocess.run(cmd, check=True)
-    return time.time() - t0
 
 
 def warm_start(h: Horizon, work: Path) -> str:
@@ -105,13 +92,13 @@ def warm_start(h: Horizon, work: Path) -> str:
         env = {**h.env, "pool": "train", "pool_size": h.train_pool, "expert": True, "draw": "cycle"}
         _run([*STEPPO, "rollout", "--backend", "expert", "--model", h.model, "--env", "steppo/TextWorld-v0",
               *_env_args(env), "-n", str(h.expert_episodes), "--temperature", "0", "--max-tokens", str(h.max_tokens),
-              "-q", "-o", str(records)], work / "commands.sh")
+              "-q", "-o", str(records)], work)
     final = work / "sft" / "checkpoints" / f"iter_{h.sft_iterations - 1:06d}" / "actor"
     if not final.exists():
         _run([*STEPPO, "train", "--algo", "sft", "--model", h.model, "--from-trajectories", str(records),
               "--iterations", str(h.sft_iterations), "--tasks", str(h.sft_episodes), "--group-size", "1",
               "--output-dir", str(work / "sft"), "--seed", "0", "--resume", "--set", f"actor_lr={h.sft_lr}",
-              "save_every=1", f"amp={json.dumps(h.amp)}"], work / "commands.sh")  # resumable iteration by iteration
+              "save_every=1", f"amp={json.dumps(h.amp)}"], work)  # resumable iteration by iteration
     return str(final)
 
 
@@ -135,7 +122,7 @@ def eval_warm_start(h: Horizon, warm: str, work: Path, results: Path) -> dict:
            *_env_args({**h.env, "pool": "eval", "pool_size": h.eval_pool, "draw": "cycle"}),
            "-n", str(h.eval_pool), "--seed", "1000000", "--max-tokens", str(h.max_tokens), "-q", "-o", str(path)]
     if not path.exists():
-        _run(cmd, work / "commands.sh")
+        _run(cmd, work)
     games = per_game(path)
     lengths = expert_lengths(work)
     summary = {"command": _cli(cmd), "success": sum(games.values()) / len(games), "games": games,
@@ -168,7 +155,7 @@ def one_run(h: Horizon, warm: str, variant: str, seed: int, work: Path, results:
         return
     run = work / "runs" / name
     cmd = run_command(h, warm, variant, seed, run)
-    wall = _run(cmd, work / "commands.sh")  # resumable: --resume continues from the newest checkpoint
+    wall = _run(cmd, work)  # resumable: --resume continues from the newest checkpoint
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = {int(p.stem.removeprefix("iter_")): per_game(p) for p in sorted((run / "eval").glob("iter_*.jsonl"))}
     peak = max((r.get("perf/peak_rss_gib", 0.0) for r in metrics), default=0.0)
