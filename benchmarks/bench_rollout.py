@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--hf-tasks", type=int, default=4, help="tasks for the hf comparison (0 = skip)")
     args = ap.parse_args()
 
-    from steppo_agent.cli.common import parse_env_kwargs
+    from steppo.cli.common import parse_env_kwargs
     from steppo_agent.policies import PolicyConfig, make_policy
 
     env_id = "toy_env:steppotest/Guess-v0" if args.env == "toy" else args.env

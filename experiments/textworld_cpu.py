@@ -34,7 +34,7 @@ from steppo_agent.analysis import summarize
 from steppo_agent.trajectory_io import read_trajectories
 from steppo_train.logging_utils import plot_interval_curves, plot_metrics, read_metrics
 
-STEPPO = [sys.executable, "-m", "steppo_agent.cli"]
+STEPPO = [sys.executable, "-m", "steppo"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from steppo_agent.cli import build_parser, main
-from steppo_agent.cli.rollout import DEFAULT_ENV
+from steppo.cli import build_parser, main
+from steppo.cli.rollout import DEFAULT_ENV
 from steppo_agent.trajectory_io import read_trajectories
 
 TESTS = Path(__file__).parent
@@ -79,7 +79,7 @@ def _policy_args() -> list[str]:
 
 
 def _steppo(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from steppo_agent.cli import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "import sys; from steppo.cli import main; sys.exit(main())", *args]
 
 
 @pytest.mark.slow

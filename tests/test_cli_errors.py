@@ -16,7 +16,7 @@ import broken_envs  # noqa: F401  (registers steppotest/NeedsExtra-v0 and NoExpe
 import pytest
 
 import steppo_envs
-from steppo_agent.cli import main
+from steppo.cli import main
 
 TOY = "toy_env:steppotest/Guess-v0"
 FAKE = ["--policy", "toy_env:make_fake_policy"]

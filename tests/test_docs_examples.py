@@ -190,7 +190,7 @@ def test_tool_env_config_table_equals_the_defaults() -> None:
 
 
 def test_env_arg_table_equals_the_parser() -> None:
-    from steppo_agent.cli.common import parse_env_kwargs
+    from steppo.cli.common import parse_env_kwargs
 
     rows = _table(CLI, "**Options.**")
     assert len(rows) >= 6

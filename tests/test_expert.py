@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import make_tiny_llama  # noqa: E402
 
-from steppo_agent.cli import main  # noqa: E402
+from steppo.cli import main  # noqa: E402
 from steppo_agent.prompting import render_prompt_ids  # noqa: E402
 from steppo_agent.trajectory_io import read_trajectories  # noqa: E402
 

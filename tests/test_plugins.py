@@ -83,7 +83,7 @@ def _env(site: Path, cache: Path) -> dict[str, str]:
 
 
 def _steppo(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from steppo_agent.cli import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "import sys; from steppo.cli import main; sys.exit(main())", *args]
 
 
 def test_steppo_envs_lists_the_ids_of_an_installed_plugin(site: Path, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def make(cache: str, **kw: object) -> gym.Env[str, str]:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, steppo_envs, steppo_envs.textworld_env, steppo_envs.alfworld_env, steppo_agent.cli.games;"
+        "import sys, steppo_envs, steppo_envs.textworld_env, steppo_envs.alfworld_env, steppo.cli.games;"
         "assert 'textworld' not in sys.modules and 'alfworld' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -99,7 +99,7 @@ def test_expert_refuses_a_game_it_cannot_plan_at_reset(source_game: Path, tmp_pa
 
 @pytest.mark.slow
 def test_rollout_expert_backend_on_a_game_without_walkthrough(source_game: Path, tmp_path: Path) -> None:
-    from steppo_agent.cli import main
+    from steppo.cli import main
     from steppo_agent.trajectory_io import read_trajectories
 
     game = _user_copy(source_game, tmp_path / "games", keep_quest_actions=False)

@@ -175,7 +175,7 @@ def test_kill_between_checkpoints_then_resume_is_exact(tiny: Path, tmp_path: Pat
 
     here = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
-    steppo = [sys.executable, "-c", "import sys; from steppo_agent.cli import main; sys.exit(main())", "train"]
+    steppo = [sys.executable, "-c", "import sys; from steppo.cli import main; sys.exit(main())", "train"]
     run = tmp_path / "killed"
     args = [*steppo, *TOY_RUN, "--model", str(tiny), "--output-dir", str(run)]
     log = tmp_path / "killed.log"
@@ -339,7 +339,7 @@ def test_training_docs_list_every_config_field() -> None:
 
 
 def test_cli_docs_cover_every_subcommand() -> None:
-    from steppo_agent.cli import build_parser
+    from steppo.cli import build_parser
 
     text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
     parser = build_parser()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steppo_agent.cli.common import ENV_ARG_HELP, UsageError, check_writable_dir, parse_env_kwargs
+from steppo.cli.common import ENV_ARG_HELP, UsageError, check_writable_dir, parse_env_kwargs
 
 __all__ = ["DEFAULT_ENV", "SPLIT_OPTION", "add_parser", "build_policy", "default_output"]
 

@@ -39,12 +39,12 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # sub-command -> module (each module defines add_parser(subparsers) that sets `func`)
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "steppo_agent.cli.envs",
-    "steppo_agent.cli.play",
-    "steppo_agent.cli.rollout",
-    "steppo_agent.cli.inspect_cmd",
-    "steppo_agent.cli.games",
-    "steppo_agent.cli.train",
+    "steppo.cli.envs",
+    "steppo.cli.play",
+    "steppo.cli.rollout",
+    "steppo.cli.inspect_cmd",
+    "steppo.cli.games",
+    "steppo.cli.train",
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from steppo_agent.cli.common import ENV_ARG_HELP, check_readable_file, check_writable_dir, parse_env_kwargs
+from steppo.cli.common import ENV_ARG_HELP, check_readable_file, check_writable_dir, parse_env_kwargs
 
 __all__ = ["add_parser"]
 

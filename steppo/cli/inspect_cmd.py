@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from steppo_agent.cli.common import check_readable_file
+from steppo.cli.common import check_readable_file
 
 __all__ = ["add_parser"]
 

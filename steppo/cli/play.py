@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steppo_agent.cli.common import ENV_ARG_HELP, parse_env_kwargs
+from steppo.cli.common import ENV_ARG_HELP, parse_env_kwargs
 
 __all__ = ["add_parser"]
 
