@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["describe_tools", "render_prompt_ids", "template_supports_tools"]
+__all__ = ["describe_tools", "render_messages_ids", "render_prompt_ids", "template_supports_tools"]
 
 
 def template_supports_tools(tokenizer: Any) -> bool:
@@ -71,20 +71,38 @@ def render_prompt_ids(
     system message (the template may then insert its own default). Deterministic: the same inputs
     always give the same ids.
     """
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append({"role": "user", "content": observation})
+    return render_messages_ids(tokenizer, messages, tools)
+
+
+def render_messages_ids(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    tools: list[dict[str, Any]] | None,
+) -> list[int]:
+    """Render a whole chat (``messages`` as the chat template takes them) + tools into prompt token ids,
+    with ``add_generation_prompt=True``: the renderer of :func:`render_prompt_ids` (which calls it with
+    ``[system, user]``) and of the step gateway (multi-turn chats).
+
+    Tools go to the template as ``tools=`` when it renders them; otherwise :func:`describe_tools` is
+    appended to the first message when it is a system message, or becomes a system message of its own.
+    """
     tools = list(tools or [])
-    system = system_prompt
+    chat = [dict(m) for m in messages]
     template_tools: list[dict[str, Any]] | None = None
     if tools:
         if template_supports_tools(tokenizer):
             template_tools = tools
+        elif chat and chat[0].get("role") == "system" and chat[0].get("content"):
+            chat[0]["content"] = f"{chat[0]['content']}\n\n{describe_tools(tools)}"
         else:
-            system = f"{system_prompt}\n\n{describe_tools(tools)}" if system_prompt else describe_tools(tools)
-    messages: list[dict[str, str]] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": observation})
+            chat = [{"role": "system", "content": describe_tools(tools)}] + [
+                m for m in chat if not (m.get("role") == "system" and not m.get("content"))]
     rendered = tokenizer.apply_chat_template(
-        messages,
+        chat,
         tools=template_tools,
         add_generation_prompt=True,
         tokenize=True,
