@@ -80,7 +80,11 @@ class Trajectory(BaseModel):
     success: bool | None = None
     terminated: bool = False
     truncated: bool = False
-    truncation_reason: str | None = Field(None, description="'max_steps', 'context_length', 'error', ... when truncated.")
+    truncation_reason: str | None = Field(None, description=(
+        "None unless truncated. The rollout engine writes 'max_steps' (the env truncated the episode), "
+        "'context_length' (the next prompt + max_tokens did not fit the policy's max_model_len; no step "
+        "recorded for that prompt) "
+        "or 'env_error' (the env raised; a warning names the error); another writer of records names its own."))
     metrics: dict[str, float] = Field(default_factory=dict, description="Final task metrics (info['metrics']).")
 
     def to_json_line(self) -> str:
