@@ -45,6 +45,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "steppo.cli.inspect_cmd",
     "steppo.cli.games",
     "steppo.cli.train",
+    "steppo.cli.gateway",
 )
 
 

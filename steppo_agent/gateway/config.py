@@ -1,0 +1,39 @@
+"""Gateway settings (pydantic): where records go, how requests are batched, when episodes time out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["GatewayConfig"]
+
+
+class GatewayConfig(BaseModel):
+    """How the step gateway serves, batches and records (the policy is built and passed separately)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: Path = Field(description="JSONL file that receives each ended episode (appended, flushed, fsync'ed).")
+    served_model_name: str | None = Field(
+        None, description="Model name shown by GET /v1/models and accepted in requests; None = the policy's model.")
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 exposes the gateway to the network).")
+    port: int = Field(8100, ge=0, le=65535, description="TCP port; 0 = any free port.")
+    batch_window_s: float = Field(
+        0.005, ge=0.0, le=1.0,
+        description="How long the batcher waits after the first queued request for others to join its policy call.")
+    max_batch: int = Field(64, ge=1, description="Most requests in one policy.generate call.")
+    default_max_tokens: int = Field(
+        256, ge=1, description="Response tokens when a request sets neither max_tokens nor max_completion_tokens "
+                               "(capped by the room left in the context).")
+    idle_timeout_s: float = Field(
+        600.0, gt=0.0, description="An open episode without a request for this long is written as truncated "
+                                   "(truncation_reason='idle_timeout').")
+    env_id: str = Field("gateway", description="env_id stored on every record (names the agent in `steppo inspect`).")
+
+    @field_validator("output")
+    @classmethod
+    def _output_is_a_file(cls, value: Path) -> Path:
+        if value.exists() and value.is_dir():
+            raise ValueError(f"output {value} is a folder: pass a JSONL file path such as runs/gw.jsonl.")
+        return value

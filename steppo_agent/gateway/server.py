@@ -1,0 +1,67 @@
+"""Run the gateway: blocking (:func:`serve`, the ``steppo gateway`` command) or in a background thread
+(:func:`start_gateway`, for tests, benchmarks and notebooks)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import uvicorn
+
+from steppo_agent.gateway.app import create_app
+from steppo_agent.gateway.config import GatewayConfig
+from steppo_agent.policies.base import Policy
+
+__all__ = ["RunningGateway", "serve", "start_gateway"]
+
+
+def _server(policy: Policy, config: GatewayConfig) -> uvicorn.Server:
+    app = create_app(policy, config)
+    return uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                        access_log=False, timeout_graceful_shutdown=5))
+
+
+def serve(policy: Policy, config: GatewayConfig) -> None:
+    """Serve until Ctrl-C / SIGTERM; open episodes are then written as truncated (``shutdown``)."""
+    _server(policy, config).run()
+
+
+@dataclass
+class RunningGateway:
+    """A gateway serving in a background thread of this process."""
+
+    server: uvicorn.Server
+    thread: threading.Thread
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL (``http://host:port/v1``)."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def stop(self) -> None:
+        """Shut down (open episodes are written as truncated) and wait for the thread."""
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def __enter__(self) -> RunningGateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_gateway(policy: Policy, config: GatewayConfig, timeout_s: float = 30.0) -> RunningGateway:
+    """Start the gateway in a daemon thread and return once it accepts connections (``port=0``: a free port)."""
+    server = _server(policy, config)
+    thread = threading.Thread(target=server.run, name="steppo-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway did not start on {config.host}:{config.port}: is the port free?")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return RunningGateway(server, thread, config.host, int(port))
