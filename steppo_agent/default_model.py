@@ -129,7 +129,8 @@ def _write_hf_folder(gguf_path: Path, out: Path) -> None:
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     config.dtype = torch.float32
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = LlamaForCausalLM(config)
+    model.float()  # in place; transformers' @wraps on PreTrainedModel.to hides its self from mypy
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()
     model.eval()

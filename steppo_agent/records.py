@@ -8,13 +8,13 @@ Training consumes these ids directly; text is kept for people, never re-tokenise
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["SCHEMA_VERSION", "PolicyInfo", "SamplingConfig", "Step", "Trajectory"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1  # Final: its type is Literal[1], the field's type
 
 
 class SamplingConfig(BaseModel):
@@ -22,11 +22,11 @@ class SamplingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: float = Field(1.0, ge=0.0, description="0 = greedy.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(128, ge=1, description="Maximum response tokens per step.")
+    temperature: float = Field(default=1.0, ge=0.0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(default=128, ge=1, description="Maximum response tokens per step.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (the stop string is kept in the text).")
-    seed: int | None = Field(None, description="Base seed; sample i of a batch uses seed + i (never one seed for all).")
+    seed: int | None = Field(default=None, description="Base seed; sample i of a batch uses seed + i (never one seed for all).")
 
 
 class PolicyInfo(BaseModel):
@@ -36,7 +36,7 @@ class PolicyInfo(BaseModel):
 
     backend: str = Field(description="'vllm', 'openai', 'hf', 'expert', 'scripted', ...")
     model: str = Field(description="Model name or path as given by the user.")
-    version: int = Field(0, description="Weight version: incremented by every trainer push.")
+    version: int = Field(default=0, description="Weight version: incremented by every trainer push.")
 
 
 class Step(BaseModel):
@@ -50,9 +50,9 @@ class Step(BaseModel):
     response_ids: list[int] = Field(description="Exact sampled response token ids (including a sampled EOS).")
     response_logprobs: list[float] = Field(description="Sampled-token logprobs, one per response id.")
     response_text: str = Field(description="Detokenised response (for people; training uses the ids).")
-    finish_reason: str = Field("stop", description="'stop' (EOS / stop string), 'length', or 'error'.")
-    action: dict[str, Any] | None = Field(None, description="The parsed action (ParsedAction.to_dict()).")
-    valid: bool = Field(True, description="Whether the environment accepted the action.")
+    finish_reason: str = Field(default="stop", description="'stop' (EOS / stop string), 'length', or 'error'.")
+    action: dict[str, Any] | None = Field(default=None, description="The parsed action (ParsedAction.to_dict()).")
+    valid: bool = Field(default=True, description="Whether the environment accepted the action.")
     reward: float = 0.0
     terminated: bool = False
     truncated: bool = False
@@ -71,16 +71,16 @@ class Trajectory(BaseModel):
     task_id: str = Field(description="The env's task id (info['task_id']).")
     seed: int = Field(description="The reset seed (shared by all samples of a group).")
     group_id: str = Field(description="Episodes with the same group_id share a task (for GRPO/RLOO/GiGPO).")
-    system_prompt: str = Field("", description="The system prompt (constant within an episode).")
+    system_prompt: str = Field(default="", description="The system prompt (constant within an episode).")
     tools: list[dict[str, Any]] = Field(default_factory=list, description="Tool schemas given to the chat template.")
     policy: PolicyInfo
     sampling: SamplingConfig
     steps: list[Step] = Field(default_factory=list)
-    return_: float = Field(0.0, alias="return", description="Sum of step rewards.")
+    return_: float = Field(default=0.0, alias="return", description="Sum of step rewards.")
     success: bool | None = None
     terminated: bool = False
     truncated: bool = False
-    truncation_reason: str | None = Field(None, description=(
+    truncation_reason: str | None = Field(default=None, description=(
         "None unless truncated. The rollout engine writes 'max_steps' (the env truncated the episode), "
         "'context_length' (the next prompt + max_tokens did not fit the policy's max_model_len; no step "
         "recorded for that prompt) "

@@ -7,7 +7,7 @@ import argparse
 __all__ = ["add_parser"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("games", help="generate and cache TextWorld game pools")
     games_sub = p.add_subparsers(dest="games_command", metavar="ACTION")
     make = games_sub.add_parser("make", help="generate the games of a pool (skips cached ones)")

@@ -11,7 +11,7 @@ from steppo.cli.common import check_readable_file
 __all__ = ["add_parser"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="summarise a trajectory file: success, return, steps, actions, tokens")
     p.add_argument("file", type=Path, help="a JSONL file written by `steppo rollout` / `steppo eval`")
     p.add_argument("--plot", type=Path, metavar="DIR", default=None, help="write PNG charts into DIR")

@@ -10,7 +10,7 @@ from steppo.cli.common import ENV_ARG_HELP, parse_env_kwargs
 __all__ = ["add_parser"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("play", help="play an episode yourself: type actions, see observations and rewards")
     p.add_argument("env_id", help="a registered id, e.g. steppo/MultiHopQA-v0 (see `steppo envs`); 'module:id' imports module first")
     p.add_argument("--seed", type=int, default=0, help="task seed")

@@ -55,7 +55,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     verb.add_argument("-q", "--quiet", dest="verbose", action="store_false", help="never print steps")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``rollout`` and ``eval``."""
     p = sub.add_parser("rollout", help="collect token-exact trajectories with a policy (JSONL)")
     _add_common(p)

@@ -9,7 +9,7 @@ from steppo.cli.common import ENV_ARG_HELP, check_readable_file, check_writable_
 __all__ = ["add_parser"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a policy (steppo, ppo, grpo, rloo, reinforce_pp, gspo, gigpo, sft)",
