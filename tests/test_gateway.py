@@ -434,3 +434,41 @@ def test_grpo_trains_on_grouped_gateway_records(gw: Any, tiny_model: Path, tmp_p
     result = train(config)
     unchanged = [k for k, p in result.actor.named_parameters() if p.requires_grad and torch.equal(p, before[k])]
     assert not unchanged, f"actor parameters not updated: {unchanged}"
+
+
+def doc_block(name: str, lang: str = "python") -> str:
+    """The fenced block right after ``<!-- example: name -->`` in docs/gateway.md."""
+    text = (ROOT / "docs" / "gateway.md").read_text(encoding="utf-8")
+    return text.split(f"<!-- example: {name} -->", 1)[1].split(f"```{lang}", 1)[1].split("```", 1)[0]
+
+
+@vllm_only
+def test_the_docs_example_records_and_trains(vllm_policy: Any, tiny_model: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    from steppo.cli import main
+    from steppo_agent.gateway import start_gateway
+
+    out = tmp_path / "gw.jsonl"
+    config = GatewayConfig(output=out, port=0, served_model_name="smollm2-135m", batch_window_s=0.02)
+    with start_gateway(vllm_policy, config) as gateway:
+        namespace: dict[str, Any] = {}
+        exec(compile(doc_block("agent").replace('"http://127.0.0.1:8100/v1"', repr(gateway.url)), "gateway.md", "exec"),
+             namespace)
+    by_id = records(out)
+    episodes = [f"{c}-{i}" for c in ("France", "Italy") for i in range(4)]
+    assert sorted(by_id) == sorted(episodes)
+    assert namespace["returns"] == [by_id[e].return_ for e in episodes]
+    assert all(by_id[e].group_id == by_id[e].task_id == e.split("-")[0] and by_id[e].terminated for e in episodes)
+    capsys.readouterr()
+    for line in doc_block("commands", "bash").strip().splitlines():
+        args = [str(out) if a == "runs/gw.jsonl" else str(tmp_path / "grpo") if a == "runs/gw-grpo" else a
+                for a in shlex.split(line)[1:]]
+        if args[0] == "train":
+            args += ["--model", str(tiny_model)]
+        assert main(args) == 0, line
+    report = capsys.readouterr().out
+    assert "episodes        8 (2 groups)" in report and "env gateway" in report
+    rows = (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and json.loads(rows[0])["iteration"] == 0
