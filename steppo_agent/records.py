@@ -24,7 +24,7 @@ class SamplingConfig(BaseModel):
 
     temperature: float = Field(default=1.0, ge=0.0, description="0 = greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(default=128, ge=1, description="Maximum response tokens per step.")
+    max_tokens: int = Field(default=64, ge=1, description="Maximum response tokens per step (rollout, eval and train default).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (the stop string is kept in the text).")
     seed: int | None = Field(default=None, description="Base seed; sample i of a batch uses seed + i (never one seed for all).")
 
