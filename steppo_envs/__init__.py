@@ -15,19 +15,23 @@ import gymnasium
 
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
 from steppo_envs.checker import check_step_env
-from steppo_envs.config import ConfigError, UserError, build_config
+from steppo_envs.config import ConfigError, UserError, build_config, deprecated_aliases, renamed_options
 from steppo_envs.contract import (
+    EpisodeOverError,
     MissingExtraError,
     StepInfo,
     TextSpace,
+    check_can_step,
     make_info,
     optional_import,
+    pick_task_index,
+    reject_reset_options,
     text_space,
 )
 from steppo_envs.function_tools import FunctionTool, function_tool
 from steppo_envs.fuzzing import fuzz_env
 from steppo_envs.paths import DataDirError, cache_dir, resolve_data_dir
-from steppo_envs.plugins import PLUGIN_GROUP, run_plugin_hooks
+from steppo_envs.plugins import PLUGIN_GROUP, check_env_id, check_reregistration, run_plugin_hooks
 from steppo_envs.render import Section, render_sections, truncate_text
 from steppo_envs.search import BM25Index, Passage, SearchHit
 from steppo_envs.step_limit import STEP_LIMIT_WRAPPER
@@ -49,6 +53,7 @@ __all__ = [
     "ConfigError",
     "DataDirError",
     "EnvEntry",
+    "EpisodeOverError",
     "FunctionTool",
     "MissingExtraError",
     "ParsedAction",
@@ -66,9 +71,11 @@ __all__ = [
     "UserError",
     "build_config",
     "cache_dir",
+    "check_can_step",
     "check_step_env",
     "clean_action_text",
     "default_sections",
+    "deprecated_aliases",
     "describe",
     "fuzz_env",
     "format_hint",
@@ -77,9 +84,12 @@ __all__ = [
     "make_info",
     "optional_import",
     "parse_action",
+    "pick_task_index",
     "register",
     "registered_ids",
+    "reject_reset_options",
     "render_sections",
+    "renamed_options",
     "resolve_data_dir",
     "route_answer",
     "text_space",
@@ -129,10 +139,12 @@ def register(id: str, entry_point: str | Callable[..., Any], description: str) -
     """Register an environment with Gymnasium and steppo's listing (``steppo envs``).
 
     ``entry_point`` is a ``"module:Class"`` string so nothing is imported until ``gymnasium.make``
-    (a callable works too: :func:`tool_env` registers its definition that way).
+    (a callable works too: :func:`tool_env` registers its definition that way). Registering an id
+    again with the same entry point keeps the first registration (only the description is updated);
+    with another entry point it is a :class:`ConfigError` naming both.
     """
-    if "/" not in id or not id.split("/")[-1].split("-v")[-1].isdigit():
-        raise ConfigError(f"environment id {id!r} must look like 'namespace/Name-vN', e.g. 'myorg/MyTask-v0'.")
+    check_env_id(id)
+    check_reregistration(id, entry_point)
     if id not in gymnasium.registry:  # StepLimitSync: make(id, max_episode_steps=N) sets the env's own max_steps
         gymnasium.register(id=id, entry_point=entry_point, disable_env_checker=False, additional_wrappers=(STEP_LIMIT_WRAPPER,))
     _DESCRIPTIONS[id] = description

@@ -10,6 +10,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.utils.env_checker import check_env
 
+from steppo_envs.config import ConfigError
 from steppo_envs.contract import TextSpace
 
 __all__ = ["GARBLED_ACTIONS", "HOSTILE_ACTIONS", "check_step_env"]
@@ -71,14 +72,51 @@ def _play(env: gym.Env[str, str], seed: int, actions: list[str]) -> list[Any]:
     return trace
 
 
+def _raised(call: Any) -> BaseException | None:
+    """What ``call()`` raised (``None`` when it returned)."""
+    try:
+        call()
+    except Exception as exc:  # the caller checks the type
+        return exc
+    return None
+
+
+def _check_after_end(env: gym.Env[str, str]) -> None:
+    """Stepping a finished episode without ``reset()`` raises (``steppo_envs.EpisodeOverError``)."""
+    exc = _raised(lambda: env.step(GARBLED_ACTIONS[0]))
+    assert isinstance(exc, RuntimeError), (
+        "step() after the episode ended (truncated) without reset() must raise a RuntimeError, "
+        f"got {'no error' if exc is None else repr(exc)}: call steppo_envs.check_can_step(...) at the top of step()"
+    )
+
+
+def _check_reset_options(env: gym.Env[str, str], seed: int) -> None:
+    """Unknown reset options and task indices out of range are ``ConfigError`` s naming the fix."""
+    exc = _raised(lambda: env.reset(seed=seed, options={"no_such_reset_option": 1}))
+    assert isinstance(exc, ConfigError), (
+        "reset() must reject an unknown option with a ConfigError naming the accepted ones, "
+        f"got {'no error' if exc is None else repr(exc)}: use steppo_envs.pick_task_index or reject_reset_options"
+    )
+    if _raised(lambda: env.reset(seed=seed, options={"task_index": 0})) is not None:
+        return  # the env takes no task_index
+    for bad in (-1, 10**9):
+        exc = _raised(lambda bad=bad: env.reset(seed=seed, options={"task_index": bad}))
+        assert isinstance(exc, ConfigError) and "0.." in str(exc), (
+            f"reset(options={{'task_index': {bad}}}) must raise a ConfigError naming the valid range 0..N-1, "
+            f"got {'no error' if exc is None else repr(exc)}: use steppo_envs.pick_task_index"
+        )
+
+
 def check_step_env(env: gym.Env[str, str], *, seed: int = 0, skip_gym_check: bool = False) -> None:
     """Raise ``AssertionError`` if ``env`` breaks the steppo environment contract.
 
     Runs Gymnasium's ``check_env`` on the unwrapped env, then checks: text spaces; ``reset`` returns a
     str observation and a JSON-serialisable info with the standard keys; garbled actions never raise
-    and are reported invalid; an episode of garbled actions ends by truncation at ``max_steps``;
-    :data:`HOSTILE_ACTIONS` never raise and give output storable as UTF-8 JSON; the same seed gives
-    the same task and the same observations.
+    and are reported invalid; an episode of garbled actions ends by truncation at ``max_steps``, and
+    stepping it again without ``reset()`` raises a ``RuntimeError`` (:class:`~steppo_envs.EpisodeOverError`);
+    :data:`HOSTILE_ACTIONS` never raise and give output storable as UTF-8 JSON; an unknown reset
+    option is a :class:`~steppo_envs.ConfigError`, and so is a ``task_index`` out of range (when the
+    env takes ``task_index``); the same seed gives the same task and the same observations.
     """
     base = env.unwrapped
     assert isinstance(base.observation_space, TextSpace), "observation_space must be steppo_envs.TextSpace"
@@ -109,6 +147,8 @@ def check_step_env(env: gym.Env[str, str], *, seed: int = 0, skip_gym_check: boo
     assert ended_by == (max_steps, False, True), (
         f"an episode of invalid actions must be truncated at step {max_steps}, got (steps, terminated, truncated)={ended_by}"
     )
+    _check_after_end(env)
+    _check_reset_options(env, seed)
 
     env.reset(seed=seed)
     for i, action in enumerate(HOSTILE_ACTIONS):

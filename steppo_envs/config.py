@@ -10,11 +10,26 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-from typing import Any, TypeVar
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import pydantic
 
-__all__ = ["ConfigError", "UserError", "build_config", "describe_validation_error", "did_you_mean", "validate_dataclass"]
+__all__ = [
+    "ConfigError",
+    "UserError",
+    "build_config",
+    "check_all",
+    "deprecated_aliases",
+    "describe_validation_error",
+    "did_you_mean",
+    "renamed_options",
+    "resolve_aliases",
+    "validate_dataclass",
+    "with_max_steps",
+]
 
 C = TypeVar("C")
 
@@ -61,20 +76,116 @@ def _adapter(cls: type) -> pydantic.TypeAdapter[Any] | None:
 def validate_dataclass(cls: type[C], values: dict[str, Any]) -> C:
     """``cls(**values)`` with every field checked (and plain coercions such as ``"5"`` -> ``5`` done)
     against its annotation; a wrong type or value raises :class:`ConfigError` naming the field."""
-    adapter = _adapter(cls)
+    adapter = _adapter(cls)  # type: ignore[arg-type]  # a class is hashable; mypy cannot tell for a type[C]
     try:
         if adapter is None:
             return cls(**values)
-        return adapter.validate_python(values)  # type: ignore[no-any-return]  (the adapter builds a cls)
+        built: C = adapter.validate_python(values)  # the adapter of a dataclass builds that dataclass
+        return built
     except pydantic.ValidationError as exc:
         raise ConfigError(f"bad value for {cls.__name__}: {describe_validation_error(exc)}.") from None
 
 
+def _field_names(dataclass_or_instance: Any) -> list[str]:
+    """The field names of a dataclass (or of a dataclass instance), in declaration order."""
+    return [f.name for f in dataclasses.fields(dataclass_or_instance)]
+
+
+def check_all(owner: str, checks: Sequence[tuple[bool, str]]) -> None:
+    """Raise :class:`ConfigError` ``invalid <owner>: <message>.`` for the first failed ``(ok, message)``
+    check (each message names the fix, e.g. ``"max_steps must be at least 1"``)."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"invalid {owner}: {message}.")
+
+
+def with_max_steps(config: C, max_steps: int, validate: Callable[[C], None]) -> C:
+    """``config`` with ``max_steps`` replaced and checked by ``validate``: what every env's
+    ``set_max_steps`` (``gymnasium.make(id, max_episode_steps=N)``) does to its config."""
+    new: C = dataclasses.replace(cast(Any, config), max_steps=int(max_steps))  # C is a config dataclass
+    validate(new)
+    return new
+
+
+# -- deprecated option names -------------------------------------------------------------------------
+#: Deprecated option names of each config class (old name -> new name), set by :func:`renamed_options`.
+_RENAMED: dict[type, dict[str, str]] = {}
+
+_INTERNAL_PREFIXES = ("steppo_envs", "gymnasium", "pydantic", "dataclasses", "functools")
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside steppo_envs / Gymnasium."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if not module.startswith(_INTERNAL_PREFIXES):
+            return level
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]  # f_back is None at the bottom: the loop ends
+    return level
+
+
+def resolve_aliases(owner: str, aliases: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with every deprecated name of ``aliases`` (old -> new) replaced by its new name.
+
+    Each old name used emits a :class:`DeprecationWarning` naming the new one (pointed at the
+    caller's code); giving both the old and the new name is a :class:`ConfigError`. This is the one
+    alias mechanism of steppo_envs: config fields (:func:`build_config`) and reset options use it.
+    """
+    out = dict(values)
+    for old, new in aliases.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{owner} got both {old!r} and {new!r}: give only {new!r} ({old!r} is its deprecated old name).")
+        warnings.warn(
+            f"{owner}: the option {old!r} is deprecated and will be removed in the next release: use {new!r}.",
+            DeprecationWarning,
+            stacklevel=_user_stacklevel(),
+        )
+        out[new] = out.pop(old)
+    return out
+
+
+def deprecated_aliases(cls: type) -> dict[str, str]:
+    """The deprecated option names of config class ``cls`` (old -> new), its base classes' included."""
+    table: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        table.update(_RENAMED.get(klass, {}))
+    return table
+
+
+def renamed_options(**renames: str) -> Callable[[type[C]], type[C]]:
+    """Class decorator of a config dataclass: ``@renamed_options(old_name="new_name")`` keeps ``old_name``
+    working for one release (in :func:`build_config`, ``gymnasium.make`` overrides and the class's own
+    constructor), with a :class:`DeprecationWarning`."""
+
+    def decorate(cls: type[C]) -> type[C]:
+        names = set(_field_names(cls))
+        missing = sorted(set(renames.values()) - names)
+        if missing:
+            raise TypeError(f"renamed_options on {cls.__name__}: {missing} are not fields")
+        _RENAMED[cls] = dict(renames)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **resolve_aliases(cls.__name__, deprecated_aliases(type(self)), kwargs))
+
+        cls.__init__ = __init__  # type: ignore[method-assign]  # the dataclass __init__, wrapped to accept the old names
+        return cls
+
+    return decorate
+
+
 def build_config(cls: type[C], config: C | None, overrides: dict[str, Any]) -> C:
-    """Return ``config`` (or ``cls()``) with ``overrides`` applied, rejecting unknown field names."""
+    """Return ``config`` (or ``cls()``) with ``overrides`` applied, rejecting unknown field names.
+
+    A deprecated name (:func:`renamed_options`) is mapped to its new field with a ``DeprecationWarning``."""
     if config is not None and not isinstance(config, cls):
         raise ConfigError(f"config must be a {cls.__name__}, got {type(config).__name__}: build it with {cls.__name__}(...).")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    overrides = resolve_aliases(cls.__name__, deprecated_aliases(cls), overrides)
+    names = set(_field_names(cls))
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ConfigError(
@@ -83,4 +194,4 @@ def build_config(cls: type[C], config: C | None, overrides: dict[str, Any]) -> C
     base = config if config is not None else cls()
     if not overrides:
         return base
-    return validate_dataclass(cls, {**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, **overrides})  # type: ignore[arg-type]
+    return validate_dataclass(cls, {**{name: getattr(base, name) for name in _field_names(base)}, **overrides})

@@ -4,14 +4,18 @@
 * the observation is the whole rendered state for the step (the user message);
 * ``info`` is a :class:`StepInfo` (JSON-serialisable) built with :func:`make_info`;
 * invalid actions are normal steps: they count against ``max_steps``, may cost ``invalid_penalty``,
-  and the next observation says what was wrong and how to act.
+  and the next observation says what was wrong and how to act;
+* ``reset(options={"task_index": i})`` plays task ``i`` (:func:`pick_task_index`): an index out of
+  range or an unknown reset option is a :class:`~steppo_envs.ConfigError` naming the valid ones;
+* ``step()`` after the episode ended (``terminated`` or ``truncated``) without a new ``reset()``, or
+  before the first ``reset()``, raises :class:`EpisodeOverError` (:func:`check_can_step`).
 """
 
 from __future__ import annotations
 
 import importlib
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any, TypedDict
 
@@ -19,10 +23,22 @@ import numpy as np
 from gymnasium import spaces
 
 from steppo_envs.actions import ParsedAction
-from steppo_envs.config import UserError
+from steppo_envs.config import ConfigError, UserError, resolve_aliases
 from steppo_envs.tools import ToolSpec
 
-__all__ = ["MissingExtraError", "StepInfo", "TextSpace", "make_info", "optional_import", "text_space"]
+__all__ = [
+    "RESET_OPTIONS",
+    "EpisodeOverError",
+    "MissingExtraError",
+    "StepInfo",
+    "TextSpace",
+    "check_can_step",
+    "make_info",
+    "optional_import",
+    "pick_task_index",
+    "reject_reset_options",
+    "text_space",
+]
 
 _SAMPLE_CHARSET = string.printable + "äöüéèñçßøåλπΩ→…“”‘’—中文日本語한국어"
 
@@ -82,6 +98,61 @@ class StepInfo(TypedDict, total=False):
     extra: dict[str, Any]
 
 
+#: The reset options every steppo env with tasks accepts.
+RESET_OPTIONS: tuple[str, ...] = ("task_index",)
+
+
+class EpisodeOverError(RuntimeError):
+    """``step()`` was called after the episode ended (or before the first ``reset()``): call ``reset()``.
+
+    A bug in the caller's loop, not a user input error: every steppo env raises it the same way, like
+    Gymnasium's own envs refuse to step a finished episode."""
+
+
+def check_can_step(owner: str, *, started: bool, done: bool) -> None:
+    """Raise :class:`EpisodeOverError` unless an episode of ``owner`` (an env's name) is running."""
+    if not started:
+        raise EpisodeOverError(f"{owner}: step() was called before reset(): call reset() first.")
+    if done:
+        raise EpisodeOverError(f"{owner}: the episode has ended (terminated or truncated): call reset() to start a new one.")
+
+
+def reject_reset_options(options: Mapping[str, Any] | None, owner: str, *, accepted: Sequence[str] = ()) -> None:
+    """Raise :class:`~steppo_envs.ConfigError` naming the accepted options when ``options`` holds any other
+    (an env without tasks accepts none: ``reject_reset_options(options, "myproj/Env-v0")``)."""
+    unknown = sorted(set(options or {}) - set(accepted))
+    if unknown:
+        allowed = f"the accepted options are {', '.join(map(repr, accepted))}" if accepted else "it accepts no options"
+        raise ConfigError(f"unknown reset option(s) {', '.join(map(repr, unknown))} for {owner}: {allowed}.")
+
+
+def pick_task_index(
+    options: Mapping[str, Any] | None,
+    n_tasks: int,
+    np_random: np.random.Generator,
+    *,
+    owner: str,
+    aliases: Mapping[str, str] | None = None,
+) -> int:
+    """The task of a ``reset``: ``options["task_index"]`` when given (checked), else uniform from ``np_random``.
+
+    Every env reads its reset options through here: an unknown option, or an index that is not an
+    integer in ``0..n_tasks-1``, is a :class:`~steppo_envs.ConfigError` naming the accepted options /
+    the valid range. ``aliases`` (old -> new) are deprecated option names (``game_index`` of the
+    TextWorld-engine envs), accepted with a ``DeprecationWarning``."""
+    values = resolve_aliases(f"{owner} reset", aliases or {}, options or {})
+    reject_reset_options(values, owner, accepted=RESET_OPTIONS)
+    if "task_index" not in values:
+        return int(np_random.integers(n_tasks))
+    raw = values["task_index"]
+    if isinstance(raw, bool) or not isinstance(raw, int | np.integer):
+        raise ConfigError(f"task_index must be an integer in 0..{n_tasks - 1} for {owner}, got {raw!r}.")
+    index = int(raw)
+    if not 0 <= index < n_tasks:
+        raise ConfigError(f"task_index {index} is out of range for {owner}: use 0..{n_tasks - 1}.")
+    return index
+
+
 def make_info(
     *,
     task_id: str,
@@ -95,21 +166,22 @@ def make_info(
     metrics: dict[str, float] | None = None,
     success: bool = False,
     extra: dict[str, Any] | None = None,
-) -> StepInfo:
-    """Build the standard ``info`` dict."""
-    return StepInfo(
-        task_id=task_id,
-        system_prompt=system_prompt,
-        tools=[t.to_openai() for t in tools],
-        action=action.to_dict() if action is not None else None,
-        valid=valid,
-        feedback=feedback,
-        step=step,
-        max_steps=max_steps,
-        metrics={k: float(v) for k, v in (metrics or {}).items()},
-        success=bool(success),
-        extra=dict(extra or {}),
-    )
+) -> dict[str, Any]:
+    """Build the standard ``info`` dict: the keys of :class:`StepInfo`, as the plain ``dict[str, Any]``
+    Gymnasium's ``reset`` / ``step`` signatures declare."""
+    return {
+        "task_id": task_id,
+        "system_prompt": system_prompt,
+        "tools": [t.to_openai() for t in tools],
+        "action": action.to_dict() if action is not None else None,
+        "valid": valid,
+        "feedback": feedback,
+        "step": step,
+        "max_steps": max_steps,
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "success": bool(success),
+        "extra": dict(extra or {}),
+    }
 
 
 class MissingExtraError(UserError, ImportError):

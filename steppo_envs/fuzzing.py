@@ -70,7 +70,7 @@ def _hostile(rng: np.random.Generator, tools: Sequence[str], verbs: Sequence[str
     if family == 7:
         return _random_unicode(rng, int(rng.integers(1, 400)))
     if family == 8:  # wrongly typed arguments of real tools
-        value = [None, 1, -1, 10**400, 1.5, [], [["x"]], {"q": {}}, True, "", " " * 50][int(rng.integers(0, 11))]
+        value: Any = [None, 1, -1, 10**400, 1.5, [], [["x"]], {"q": {}}, True, "", " " * 50][int(rng.integers(0, 11))]
         key = str(rng.choice(["query", "command", "paper_id", "paper_ids", "answer", "x", ""]))
         return _tool_call(name, {key: value})
     if family == 9:  # numbers the decoder cannot convert or represent

@@ -12,6 +12,8 @@ entry-point name ``__root__`` means no namespace). ``steppo_envs.register("mypro
 and ``steppo_envs.tool_env("myproj/Label-v0", ...)`` work there too: name the entry point after the
 namespace of your ids. A value without ``:function`` only imports the module (its import registers).
 A hook that raises is reported with a ``RuntimeWarning`` and skipped; every other id keeps working.
+A hook that registers an id that exists already with another entry point (e.g. a ``steppo/...`` id)
+is refused the same way: the first registration stays, the warning names both entry points.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import gymnasium
 
 from steppo_envs.config import ConfigError
 
-__all__ = ["PLUGIN_GROUP", "check_env_id", "run_plugin_hooks"]
+__all__ = ["PLUGIN_GROUP", "check_env_id", "check_reregistration", "entry_point_name", "run_plugin_hooks"]
 
 #: The entry-point group whose hooks register environments (Gymnasium's plugin convention).
 PLUGIN_GROUP = "gymnasium.envs"
@@ -36,6 +38,40 @@ def check_env_id(id: str) -> None:
     """Raise :class:`ConfigError` unless ``id`` looks like ``namespace/Name-vN``."""
     if "/" not in id or not id.split("/")[-1].split("-v")[-1].isdigit():
         raise ConfigError(f"environment id {id!r} must look like 'namespace/Name-vN', e.g. 'myorg/MyTask-v0'.")
+
+
+def entry_point_name(entry_point: Any) -> str:
+    """How registrations compare and how messages name an entry point: a ``"module:Class"`` string as
+    it is; a class or function as ``module:qualname`` (so it equals the string that names it); an
+    object with an ``entry_point_name`` (a :func:`~steppo_envs.tool_env` definition) by that name."""
+    if isinstance(entry_point, str):
+        return entry_point
+    own = getattr(entry_point, "entry_point_name", None)
+    if isinstance(own, str):
+        return own
+    return f"{getattr(entry_point, '__module__', '?')}:{getattr(entry_point, '__qualname__', repr(entry_point))}"
+
+
+def check_reregistration(id: str, entry_point: Any) -> None:
+    """Raise :class:`ConfigError` naming both entry points when ``id`` is registered already with
+    another entry point; the same entry point again is fine (the caller keeps the registration)."""
+    existing = gymnasium.registry.get(id)
+    if existing is None:
+        return
+    old, new = entry_point_name(existing.entry_point), entry_point_name(entry_point)
+    if old != new:
+        raise _clash(id, old, new)
+
+
+def _clash(id: str, old: str, new: str) -> ConfigError:
+    return ConfigError(
+        f"{id} is already registered with the entry point {old}, so it cannot be registered again with {new}: "
+        "choose another id for the new environment."
+    )
+
+
+def _entry_points() -> dict[str, str]:
+    return {env_id: entry_point_name(spec.entry_point) for env_id, spec in gymnasium.registry.items()}
 
 
 def _run_hook(name: str, value: str) -> Exception | None:
@@ -76,8 +112,13 @@ def run_plugin_hooks(descriptions: dict[str, str], group: str = PLUGIN_GROUP) ->
         _RUN.add((ep.name, ep.value))
         dist = getattr(ep, "dist", None)
         package = dist.metadata["Name"] if dist is not None else ep.value
-        gym_before, described_before = set(gymnasium.registry), set(descriptions)
+        gym_before, described_before = dict(gymnasium.registry), set(descriptions)
+        names_before = _entry_points()
         exc = _run_hook(ep.name, ep.value)
+        for env_id, name in _entry_points().items():  # a hook that re-registered an id with another entry point
+            if env_id in names_before and name != names_before[env_id]:
+                gymnasium.registry[env_id] = gym_before[env_id]
+                exc = exc or _clash(env_id, names_before[env_id], name)
         if exc is not None:
             warnings.warn(f"the {group} plugin {ep.name} = {ep.value} of the package {package} failed "
                           f"({type(exc).__name__}: {exc}): fix or uninstall that package.", RuntimeWarning, stacklevel=2)

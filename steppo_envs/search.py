@@ -232,8 +232,8 @@ class BM25Index:
         k = min(k, positive)
         if k <= 0:
             return []
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = sorted(top.tolist(), key=lambda i: (-float(scores[i]), i))[:k]
+        candidates = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top: list[int] = sorted((int(i) for i in candidates), key=lambda i: (-float(scores[i]), i))[:k]
         return [
             SearchHit(index=i, id=self.passages[i].id, title=self.passages[i].title, text=self.passages[i].text, score=float(scores[i]))
             for i in top

@@ -33,10 +33,10 @@ from typing import Any, Generic, TypeVar
 import gymnasium as gym
 
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
-from steppo_envs.config import ConfigError, build_config
-from steppo_envs.contract import StepInfo, make_info, text_space
+from steppo_envs.config import ConfigError, build_config, check_all, renamed_options, with_max_steps
+from steppo_envs.contract import check_can_step, make_info, pick_task_index, text_space
 from steppo_envs.function_tools import FunctionTool, function_tool, tool_result_text
-from steppo_envs.plugins import check_env_id
+from steppo_envs.plugins import check_env_id, check_reregistration
 from steppo_envs.render import Section, render_sections, truncate_text
 from steppo_envs.tools import ToolSpec
 
@@ -46,6 +46,7 @@ __all__ = ["Renderer", "ToolCallRecord", "ToolEnv", "ToolEnvConfig", "ToolEnvDef
 T = TypeVar("T")
 
 
+@renamed_options(history_chars="history_result_chars")
 @dataclass(frozen=True)
 class ToolEnvConfig:
     """Settings of a :class:`ToolEnv` (pass to :func:`tool_env`, or as overrides to ``gymnasium.make``).
@@ -55,7 +56,8 @@ class ToolEnvConfig:
             truncates the episode when it is not an answer.
         budget_chars: character budget of one observation (about 4 characters per token).
         result_chars: the latest tool result is cut to this many characters.
-        history_chars: each earlier tool result is cut to this many characters (0 = the action only).
+        history_result_chars: each earlier tool result is cut to this many characters (0 = the action only;
+            deprecated old name: ``history_chars``).
         max_tool_calls: tool calls allowed in one step (an answer-tool call must be the only one).
         invalid_penalty: subtracted from the reward of an invalid step (non-negative; 0.1 gives -0.1).
         success_reward: an answer whose reward is at least this sets ``info["success"]``.
@@ -64,23 +66,20 @@ class ToolEnvConfig:
     max_steps: int = 8
     budget_chars: int = 6000
     result_chars: int = 1500
-    history_chars: int = 200
+    history_result_chars: int = 200
     max_tool_calls: int = 1
     invalid_penalty: float = 0.0
     success_reward: float = 1.0
 
 
 def _validate(cfg: ToolEnvConfig) -> None:
-    checks = [
+    check_all("ToolEnvConfig", [
         (cfg.max_steps >= 1, "max_steps must be at least 1"),
         (cfg.budget_chars >= 200, "budget_chars must be at least 200"),
-        (cfg.result_chars >= 40 and cfg.history_chars >= 0, "result_chars must be >= 40 and history_chars >= 0"),
+        (cfg.result_chars >= 40 and cfg.history_result_chars >= 0, "result_chars must be >= 40 and history_result_chars >= 0"),
         (cfg.max_tool_calls >= 1, "max_tool_calls must be at least 1"),
         (cfg.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"invalid ToolEnvConfig: {message}.")
+    ])
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def _turn_section(turn: ToolTurn, latest: bool, state: ToolEnvState) -> Section:
     if turn.answer is not None:
         return Section(f"You answered: {turn.answer}", title=f"Step {turn.step}: answer", priority=1)
     action = "; ".join(c.summary for c in turn.calls)
-    chars = state.config.result_chars if latest else state.config.history_chars
+    chars = state.config.result_chars if latest else state.config.history_result_chars
     if chars == 0:
         return Section(f"Step {turn.step}: {action}", priority=0)
     body = "\n\n".join(("Error: " if c.error else "") + truncate_text(c.result, chars) for c in turn.calls)
@@ -153,7 +152,7 @@ def _turn_section(turn: ToolTurn, latest: bool, state: ToolEnvState) -> Section:
 
 def default_sections(state: ToolEnvState) -> list[Section]:
     """The default observation: ``## Task`` (never cut), ``## How to act``, one section per earlier
-    step (results cut to ``history_chars``; shrunk first, oldest first), the latest result (cut to
+    step (results cut to ``history_result_chars``; shrunk first, oldest first), the latest result (cut to
     ``result_chars``) or invalid-action feedback, and ``Steps left: N.`` (never cut)."""
     sections = [Section(state.prompt, title="Task", keep=True), Section(state.hint, title="How to act", priority=1)]
     for i, turn in enumerate(state.turns):
@@ -224,6 +223,11 @@ class ToolEnvDefinition(Generic[T]):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ToolEnvDefinition[T]:
         return self
+
+    @property
+    def entry_point_name(self) -> str:
+        """How registrations name it: the same id defined by the same module is the same entry point."""
+        return f"tool_env {self.id!r} defined in {self.module or 'an unnamed module'}"
 
     @property
     def specs(self) -> tuple[ToolSpec, ...]:
@@ -305,30 +309,17 @@ class ToolEnv(gym.Env[str, str]):
         self._obs = ""
 
     # -- gymnasium API ------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Start an episode on a random task (``options={"task_index": i}`` picks task ``i``)."""
         super().reset(seed=seed)
-        options = options or {}
-        tasks = self.definition.tasks
-        unknown = sorted(set(options) - {"task_index"})
-        if unknown:
-            raise ConfigError(f"unknown reset option(s) {', '.join(unknown)}: the only option is 'task_index'.")
-        if "task_index" in options:
-            index = int(options["task_index"])
-            if not 0 <= index < len(tasks):
-                raise ConfigError(f"task_index {index} is out of range: use 0..{len(tasks) - 1}.")
-        else:
-            index = int(self.np_random.integers(len(tasks)))
+        index = pick_task_index(options, len(self.definition.tasks), self.np_random, owner=self.definition.id)
         self._task_index, self._turns, self._step, self._done = index, [], 0, False
         self._obs = self._render()
         return self._obs, self._info(None, extra={"task_index": index})
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, StepInfo]:
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Run the tool call(s), score an answer, or report an invalid action."""
-        if self._task_index < 0:
-            raise RuntimeError(f"{self.definition.id}: step() was called before reset(): call reset() first.")
-        if self._done:
-            raise RuntimeError(f"the {self.definition.id} episode has ended: call reset() to start a new one.")
+        check_can_step(self.definition.id, started=self._task_index >= 0, done=self._done)
         self._step += 1
         parsed, checked = self._parse(clean_action_text(action))
         reward, terminated, success = 0.0, False, False
@@ -354,8 +345,7 @@ class ToolEnv(gym.Env[str, str]):
 
     def set_max_steps(self, max_steps: int) -> None:
         """Change the step limit (``gymnasium.make(id, max_episode_steps=N)`` calls it before the first reset)."""
-        self.config = build_config(ToolEnvConfig, self.config, {"max_steps": int(max_steps)})
-        _validate(self.config)
+        self.config = with_max_steps(self.config, max_steps, _validate)
         self.system_prompt = system_prompt(self.definition, self.config)
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -430,7 +420,7 @@ class ToolEnv(gym.Env[str, str]):
         return str(getattr(task, "id", f"{self.definition.id}#{self._task_index}"))
 
     def _info(self, action: ParsedAction | None, feedback: str | None = None, success: bool = False,
-              extra: dict[str, Any] | None = None) -> StepInfo:
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
         calls = sum(len(t.calls) for t in self._turns)
         invalid = sum(t.error is not None for t in self._turns)
         return make_info(task_id=self._task_id(), system_prompt=self.system_prompt, tools=self.tools, step=self._step,
@@ -508,7 +498,8 @@ def tool_env(
     """Build and register (as ``id``) a step environment whose agent calls ``tools`` to solve ``tasks``.
 
     Args:
-        id: the Gymnasium id, ``namespace/Name-vN`` (``myproj/Label-v0``); registering it again replaces it.
+        id: the Gymnasium id, ``namespace/Name-vN`` (``myproj/Label-v0``); defining it again in the same
+            module replaces it; an id registered by anything else is a :class:`ConfigError`.
         tasks: the task records (dicts, dataclasses, anything); read once into a tuple.
         tools: plain functions (schema from signature, hints and docstring; see
             :mod:`steppo_envs.function_tools`) or :func:`~steppo_envs.function_tool` results.
@@ -538,9 +529,7 @@ def tool_env(
     definition = ToolEnvDefinition(id=id, tasks=records, tools=built, reward=reward, prompt=prompt_fn, config=base,
                                    instructions=instructions, renderer=render, task_id=task_id, description=line,
                                    answer_name=answer_name, module=module)
-    existing = gym.registry.get(id)
-    if existing is not None and not isinstance(existing.entry_point, ToolEnvDefinition):
-        raise ConfigError(f"{id} is already registered (entry point {existing.entry_point!r}): choose another id.")
+    check_reregistration(id, definition)  # the same id from the same module replaces its definition
     import steppo_envs  # the registry (imported here: steppo_envs imports this module)
 
     gym.registry.pop(id, None)

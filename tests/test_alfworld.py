@@ -50,7 +50,7 @@ def test_expert_wins_a_game_of_every_task_type() -> None:
     types = set()
     for split, idx in _expert_games():
         env = envs[split]
-        _, info = env.reset(options={"game_index": idx})
+        _, info = env.reset(options={"task_index": idx})
         types.add(info["extra"]["task_type"])
         total, terminated = 0.0, False
         while not terminated:

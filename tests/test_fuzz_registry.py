@@ -34,7 +34,7 @@ def _data(subdir: str) -> None:
 
 def _multihop(tmp: Path) -> dict[str, Any]:
     _data("multihop_qa")
-    return {"dataset": "eval"}
+    return {"split": "eval"}
 
 
 def _textworld(tmp: Path) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def _alfworld(tmp: Path) -> dict[str, Any]:
 
 def _paper_search(tmp: Path) -> dict[str, Any]:
     _data("paper_search")
-    return {"split": "test", "show_progress": False}
+    return {"split": "test", "progress": False}
 
 
 #: env id -> options for a small instance. A newly registered env must be added here (see the test below).
@@ -150,7 +150,7 @@ def test_1mb_pathological_responses_parse_in_linear_time(shape: str) -> None:
 def test_1mb_pathological_responses_step_multihop_in_linear_time() -> None:
     """The same shapes through a whole MultiHopQA step (parse, search, render, info)."""
     _data("multihop_qa")
-    env = gym.make("steppo/MultiHopQA-v0", dataset="eval", max_steps=len(PATHOLOGICAL_UNITS) + 1)
+    env = gym.make("steppo/MultiHopQA-v0", split="eval", max_steps=len(PATHOLOGICAL_UNITS) + 1)
     try:
         env.reset(seed=0)
         for shape, unit in sorted(PATHOLOGICAL_UNITS.items()):

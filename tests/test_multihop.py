@@ -21,7 +21,7 @@ DATA = str(resolve_data_dir())
 
 @pytest.fixture(scope="module")
 def env() -> MultiHopQAEnv:
-    return MultiHopQAEnv(dataset="hotpotqa_ircot500")
+    return MultiHopQAEnv(split="hotpotqa_ircot500")
 
 
 def search(query: str) -> str:
@@ -92,11 +92,11 @@ def test_2wiki_python_literal_fields(tmp_path: Path) -> None:
 
 def test_unknown_dataset_and_missing_extra() -> None:
     with pytest.raises(ConfigError, match="hotpotqa_ircot500"):
-        MultiHopQAEnv(dataset="nope")
+        MultiHopQAEnv(split="nope")
     with pytest.raises(MissingExtraError, match=r"steppo\[datasets\]"):
-        MultiHopQAEnv(dataset="hub:hotpot_qa")
+        MultiHopQAEnv(split="hub:hotpot_qa")
     with pytest.raises(ConfigError, match="hub:hotpot_qa"):
-        MultiHopQAEnv(dataset="hub:squad")
+        MultiHopQAEnv(split="hub:squad")
 
 
 # -- contract and configuration ----------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_unknown_dataset_and_missing_extra() -> None:
 def test_check_step_env_multihop() -> None:
     env = gymnasium.make("steppo/MultiHopQA-v0")
     check_step_env(env)
-    check_step_env(MultiHopQAEnv(dataset="eval", max_steps=2, invalid_penalty=0.5), seed=3)
+    check_step_env(MultiHopQAEnv(split="eval", max_steps=2, invalid_penalty=0.5), seed=3)
 
 
 def test_unknown_override_names_valid_fields() -> None:
@@ -136,9 +136,9 @@ def test_config_object_and_overrides() -> None:
 
 
 def test_second_construction_reuses_loaded_data(env: MultiHopQAEnv) -> None:
-    again = MultiHopQAEnv(dataset="hotpotqa_ircot500", max_steps=7)
+    again = MultiHopQAEnv(split="hotpotqa_ircot500", max_steps=7)
     assert again.index is env.index and again.examples is env.examples
-    assert MultiHopQAEnv(dataset="eval").index is env.index  # one corpus for every dataset
+    assert MultiHopQAEnv(split="eval").index is env.index  # one corpus for every dataset
 
 
 def test_reset_seed_and_task_index(env: MultiHopQAEnv) -> None:
@@ -286,7 +286,7 @@ _FUZZ = _FuzzState()
 
 def _fuzz_env() -> MultiHopQAEnv:
     if _FUZZ.env is None:
-        _FUZZ.env = MultiHopQAEnv(dataset="eval")
+        _FUZZ.env = MultiHopQAEnv(split="eval")
         _FUZZ.env.reset(seed=0)
         _FUZZ.steps = 0
     return _FUZZ.env

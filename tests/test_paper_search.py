@@ -182,7 +182,7 @@ def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _tiny_env(root: Path, **kw: Any) -> PaperSearchEnv:
     kw.setdefault("split", "all")
-    return PaperSearchEnv(data_dir=str(root), show_progress=False, **kw)
+    return PaperSearchEnv(data_dir=str(root), progress=False, **kw)
 
 
 def test_tiny_loaders_and_cache(tiny: Path) -> None:
@@ -292,7 +292,7 @@ real = pytest.mark.skipif(not _have_data(), reason="../shared/data/paper_search 
 
 @pytest.fixture(scope="module")
 def test_env() -> PaperSearchEnv:
-    return PaperSearchEnv(split="test", show_progress=False)
+    return PaperSearchEnv(split="test", progress=False)
 
 
 @real
@@ -313,7 +313,7 @@ def test_splits_never_overlap() -> None:
 
 @real
 def test_check_step_env_registered() -> None:
-    env = gym.make("steppo/PaperSearch-v0", show_progress=False)
+    env = gym.make("steppo/PaperSearch-v0", progress=False)
     check_step_env(env)
 
 

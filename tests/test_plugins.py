@@ -12,6 +12,7 @@ import importlib
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import gymnasium
@@ -54,6 +55,10 @@ def register_raw():
 
 def explode():
     raise RuntimeError("this plugin is broken")
+
+
+def clash():
+    gymnasium.register("MultiHopQA-v0", entry_point="steppotest_plugin.labels:LabelEnv")  # namespace steppo: a bundled id
 '''
 
 
@@ -120,6 +125,25 @@ def test_plugins_load_in_process_and_a_broken_one_only_warns(site: Path, tmp_pat
         check_step_env(env)
         env.reset(seed=0, options={"task_index": 0})
         assert env.step("Answer[yes]")[1:3] == (1.0, True)
+
+
+def test_a_plugin_cannot_replace_a_bundled_id(site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clashing = tmp_path / "clashing"
+    _dist(clashing, "steppotest_clash", "Clash.", "[gymnasium.envs]\nsteppo = steppotest_plugin:clash\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(clashing))
+    importlib.invalidate_caches()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_plugin_envs()
+    failures = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert [m for m in failures if "steppotest_clash" in m] == [
+        "the gymnasium.envs plugin steppo = steppotest_plugin:clash of the package steppotest_clash failed (ConfigError: "
+        "steppo/MultiHopQA-v0 is already registered with the entry point steppo_envs.multihop.env:MultiHopQAEnv, so it "
+        "cannot be registered again with steppotest_plugin.labels:LabelEnv: choose another id for the new environment.): "
+        "fix or uninstall that package."
+    ]
+    assert gymnasium.spec("steppo/MultiHopQA-v0").entry_point == "steppo_envs.multihop.env:MultiHopQAEnv"
 
 
 def test_worker_processes_rebuild_a_plugin_tool_env(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ def _data(subdir: str) -> None:
 
 def _multihop() -> dict[str, Any]:
     _data("multihop_qa")
-    return {"dataset": "eval"}
+    return {"split": "eval"}
 
 
 def _textworld() -> dict[str, Any]:
@@ -38,7 +38,7 @@ def _alfworld() -> dict[str, Any]:
 
 def _paper_search() -> dict[str, Any]:
     _data("paper_search")
-    return {"split": "test", "show_progress": False}
+    return {"split": "test", "progress": False}
 
 
 #: env id -> (options of a small instance, the text of the steps-left counter for 2 steps left).

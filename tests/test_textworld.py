@@ -80,7 +80,7 @@ def test_train_and_eval_games_differ(tw_cache: str) -> None:
     evals = make(tw_cache, pool="eval", pool_size=1)
     seen = {}
     for env, idx in ((train, 0), (train, 1), (evals, 0)):
-        _, info = env.reset(seed=0, options={"game_index": idx})
+        _, info = env.reset(seed=0, options={"task_index": idx})
         seen[info["task_id"]] = Path(info["extra"]["game_file"]).with_suffix(".json").read_text()
     assert set(seen) == {"simple-L1-seed0", "simple-L1-seed1", "simple-L1-seed100000"}
     assert len(set(seen.values())) == 3

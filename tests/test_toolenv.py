@@ -219,7 +219,7 @@ def test_the_observation_keeps_the_task_and_the_latest_result_within_budget() ->
         return f"{page}: " + "word " * 400
 
     env = tool_env("steppotest/Read-v0", tasks=TASKS, tools=[read], prompt="{question}", reward=_reward,
-                   config=ToolEnvConfig(budget_chars=900, result_chars=500, history_chars=80, max_steps=10))()
+                   config=ToolEnvConfig(budget_chars=900, result_chars=500, history_result_chars=80, max_steps=10))()
     env.reset(seed=0, options={"task_index": 0})
     for left, page in enumerate(("alpha", "beta", "gamma", "delta"), start=-9):
         obs, *_ = env.step(f"Read[{page}]")
@@ -236,7 +236,7 @@ def test_same_seed_same_task_and_overrides_through_gymnasium() -> None:
     assert "You have 2 steps in total." in info["system_prompt"]
     with pytest.raises(ConfigError, match="did you mean max_steps"):
         gymnasium.make("steppotest/SumMake-v0", max_step=2)
-    with pytest.raises(ConfigError, match="only option is 'task_index'"):
+    with pytest.raises(ConfigError, match="accepted options are 'task_index'"):
         env.reset(seed=0, options={"index": 1})
 
 

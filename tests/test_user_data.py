@@ -60,7 +60,7 @@ def test_hotpotqa_file_is_loaded_and_its_paragraphs_searched(
 ) -> None:
     monkeypatch.setenv("STEPPO_CACHE_DIR", str(tmp_path / "cache"))
     path = _write_jsonl(tmp_path / "mine.jsonl", QUESTIONS)
-    env = gymnasium.make("steppo/MultiHopQA-v0", dataset=str(path), data_dir=multihop_data)
+    env = gymnasium.make("steppo/MultiHopQA-v0", split=str(path), data_dir=multihop_data)
     assert [ex.id for ex in env.unwrapped.examples] == ["zq1", "zq2"]
     obs, info = env.reset(options={"task_index": 0})
     assert "Zorblax Quintet" in obs and info["task_id"] == "zq1" and info["extra"]["source"] == "mine.jsonl"
@@ -77,7 +77,7 @@ def test_hotpotqa_file_is_loaded_and_its_paragraphs_searched(
     # the same path with new content: never the cached data or index of the old content
     edited = [dict(QUESTIONS[0], context=[["Quillon Brevaard", ["Quillon Brevaard plays the sproingle."]]])]
     _write_jsonl(path, edited)
-    env2 = gymnasium.make("steppo/MultiHopQA-v0", dataset=str(path), data_dir=multihop_data)
+    env2 = gymnasium.make("steppo/MultiHopQA-v0", split=str(path), data_dir=multihop_data)
     assert len(env2.unwrapped.examples) == 1
     env2.reset(options={"task_index": 0})
     _, _, _, _, info = env2.step("Search[sproingle]")
@@ -122,7 +122,7 @@ def test_bad_hotpotqa_file_is_one_line_naming_file_and_line(
     path = tmp_path / filename
     path.write_text(content)
     with pytest.raises(ConfigError) as err:
-        gymnasium.make("steppo/MultiHopQA-v0", dataset=str(path), data_dir=multihop_data)
+        gymnasium.make("steppo/MultiHopQA-v0", split=str(path), data_dir=multihop_data)
     message = str(err.value)
     assert "\n" not in message and str(path) in message and fragment in message, message
     assert "HotpotQA layout" in message and '"supporting_facts"' in message  # the expected layout
@@ -130,9 +130,9 @@ def test_bad_hotpotqa_file_is_one_line_naming_file_and_line(
 
 def test_missing_hotpotqa_file_and_unknown_name(multihop_data: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="dataset file .*nope.jsonl' does not exist"):
-        gymnasium.make("steppo/MultiHopQA-v0", dataset=str(tmp_path / "nope.jsonl"), data_dir=multihop_data)
+        gymnasium.make("steppo/MultiHopQA-v0", split=str(tmp_path / "nope.jsonl"), data_dir=multihop_data)
     with pytest.raises(ConfigError, match="your own .json / .jsonl file"):
-        gymnasium.make("steppo/MultiHopQA-v0", dataset="my_questions", data_dir=multihop_data)
+        gymnasium.make("steppo/MultiHopQA-v0", split="my_questions", data_dir=multihop_data)
 
 
 # -- PaperSearch -----------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ USER_QUESTIONS = [
 
 def _paper_env(questions: Path, corpus: Path | None, **kw: Any) -> Any:
     files = {"questions_file": str(questions)} | ({"corpus_file": str(corpus)} if corpus else {})
-    return gymnasium.make("steppo/PaperSearch-v0", show_progress=False, **files, **kw)
+    return gymnasium.make("steppo/PaperSearch-v0", progress=False, **files, **kw)
 
 
 def test_paper_search_user_questions_and_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,20 +10,18 @@ terminates the episode), and ``info["extra"]["task_type"]`` names one of the six
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 
-from steppo_envs.config import ConfigError, build_config
-from steppo_envs.contract import StepInfo, optional_import, text_space
+from steppo_envs.config import ConfigError, build_config, check_all
+from steppo_envs.contract import optional_import, pick_task_index, text_space
 from steppo_envs.paths import resolve_data_dir
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
-from steppo_envs.textworld_env.env import episode_settings
-from steppo_envs.textworld_env.episode import GameEpisode, pick_game_index
+from steppo_envs.textworld_env.episode import GAME_INDEX_ALIAS, EpisodeSettings, GameEpisode
 from steppo_envs.tools import ToolSpec
 
 __all__ = ["SPLITS", "SUBDIR", "COMPACT_SYSTEM_PROMPT", "SYSTEM_PROMPT", "TASK_TYPES", "ALFWorldConfig", "ALFWorldEnv", "AlfGame", "list_games"]
@@ -42,8 +40,11 @@ _TASK_RE = re.compile(r"Your task is to:\s*(.+)", re.S)
 
 
 @dataclass(frozen=True)
-class ALFWorldConfig:
-    """Settings of :class:`ALFWorldEnv` (pass as ``config=`` or as keyword overrides).
+class ALFWorldConfig(EpisodeSettings):
+    """Settings of :class:`ALFWorldEnv` (pass as ``config=`` or as keyword overrides): the shared
+    episode settings of :class:`~steppo_envs.textworld_env.episode.EpisodeSettings` (the same fields
+    and defaults as ``TextWorldConfig``, except ``show_inventory=False``; with ``expert=True``
+    ALFWorld's PDDL planner runs every step) plus:
 
     Attributes:
         data_dir: folder holding ``alfworld/json_2.1.1``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``.
@@ -51,34 +52,14 @@ class ALFWorldConfig:
             comma-separated list pools several.
         task_types: keep only these task types (empty: all six, see ``TASK_TYPES``).
         game_files: explicit ``game.tw-pddl`` paths; when given, ``split`` and ``task_types`` are ignored.
-        max_steps: steps per episode (valid and invalid ones count); the last one truncates.
-        budget_chars: character budget of one observation (about 4 characters per token).
-        history_window: how many earlier steps (command + result) are shown, besides the latest one.
-        history_result_chars: each earlier result is cut to this many characters.
-        max_command_chars: longer commands are cut; a bare response longer than this is not a command.
-        invalid_penalty: subtracted from the reward of an invalid step (non-negative).
-        show_inventory: include the inventory section (one extra engine call per step).
-        show_admissible: include the admissible commands section.
-        expert: run ALFWorld's PDDL planner every step and put its next command in
-            ``info["extra"]["expert_command"]`` (slower).
-        prompt_style: ``"full"`` or ``"compact"`` (short system prompt, no tool list, commands so far on
-            one line; see ``TextWorldConfig``).
+        show_inventory: include the inventory section (one extra engine call per step); off by default.
     """
 
     data_dir: str | None = None
     split: str = "train_subset"
     task_types: tuple[str, ...] = ()
     game_files: tuple[str, ...] = ()
-    max_steps: int = 20
-    budget_chars: int = 6000
-    history_window: int = 5
-    history_result_chars: int = 300
-    max_command_chars: int = 120
-    invalid_penalty: float = 0.0
     show_inventory: bool = False
-    show_admissible: bool = True
-    expert: bool = False
-    prompt_style: Literal["full", "compact"] = "full"
 
 
 SYSTEM_PROMPT = """You are a household robot in a text world. Each turn shows your task, what just happened, your recent
@@ -150,18 +131,10 @@ def _wrappers() -> list[Any]:
 
 
 def _validate(cfg: ALFWorldConfig) -> None:
-    checks = [
-        (cfg.max_steps >= 1, "max_steps must be at least 1"),
-        (cfg.budget_chars >= 500, "budget_chars must be at least 500"),
-        (cfg.history_window >= 0 and cfg.history_result_chars >= 0, "history_window and history_result_chars must be >= 0"),
-        (cfg.max_command_chars >= 8, "max_command_chars must be at least 8"),
-        (cfg.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
+    check_all("ALFWorldConfig", [
+        *cfg.checks(),
         (not isinstance(cfg.game_files, str) and not isinstance(cfg.task_types, str), "game_files and task_types must be lists"),
-        (cfg.prompt_style in ("full", "compact"), "prompt_style must be 'full' or 'compact'"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"invalid ALFWorldConfig: {message}.")
+    ])
 
 
 class ALFWorldEnv(gym.Env[str, str]):
@@ -185,49 +158,38 @@ class ALFWorldEnv(gym.Env[str, str]):
             _user_games(cfg.game_files) if cfg.game_files else list_games(cfg.data_dir, cfg.split, cfg.task_types)
         )
         self.tools: tuple[ToolSpec, ...] = (ACT_TOOL,)
-        prompt = COMPACT_SYSTEM_PROMPT if cfg.prompt_style == "compact" else SYSTEM_PROMPT
-        self.system_prompt = prompt.format(max_steps=cfg.max_steps)
         self.observation_space = text_space()
         self.action_space = text_space()
-        self._episode = GameEpisode(episode_settings(cfg), self.tools, objective_fn=_objective, wrappers_fn=_wrappers)
-        self._game: AlfGame | None = None
+        self._episode = GameEpisode(
+            "steppo/ALFWorld-v0", cfg, self.tools, prompts=(SYSTEM_PROMPT, COMPACT_SYSTEM_PROMPT),
+            objective_fn=_objective, wrappers_fn=_wrappers,
+        )
         self._obs = ""
+
+    @property
+    def system_prompt(self) -> str:
+        """The system message of the current settings."""
+        return self._episode.system_prompt
 
     def set_max_steps(self, max_steps: int) -> None:
         """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
         max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
-        self.config = dataclasses.replace(self.config, max_steps=max_steps)
-        _validate(self.config)
-        prompt = COMPACT_SYSTEM_PROMPT if self.config.prompt_style == "compact" else SYSTEM_PROMPT
-        self.system_prompt = prompt.format(max_steps=max_steps)
-        self._episode.settings = episode_settings(self.config)
+        self.config = self._episode.set_max_steps(max_steps, _validate)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
-        """Start an episode on a game drawn uniformly (``options={"game_index": i}`` picks game ``i``)."""
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """Start an episode on a game drawn uniformly (``options={"task_index": i}`` picks game ``i``)."""
         super().reset(seed=seed)
-        index = pick_game_index(options, len(self.games), self.np_random)
-        self._game = self.games[index]
-        self._episode.start(self._game.path)
-        self._obs = self._episode.render()
-        return self._obs, self._info(None, True, None, {"game_index": index})
+        index = pick_task_index(options, len(self.games), self.np_random, owner="steppo/ALFWorld-v0", aliases=GAME_INDEX_ALIAS)
+        game = self.games[index]
+        extra = {"task_type": game.task_type, "game_file": str(game.path)}
+        self._obs, info = self._episode.reset_on(game.path, task_id=game.id, task_index=index, extra=extra)
+        return self._obs, info
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, StepInfo]:
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Send one command to the game (or report an invalid response)."""
-        result = self._episode.step(action)
-        self._obs = result.observation
-        parsed = result.choice.parsed if result.choice is not None else None
-        extra = {"command": result.choice.command if result.choice is not None else None}
-        return result.observation, result.reward, result.terminated, result.truncated, self._info(
-            parsed, result.valid, result.feedback, extra
-        )
-
-    def _info(self, parsed: Any, valid: bool, feedback: str | None, extra: dict[str, Any]) -> StepInfo:
-        assert self._game is not None
-        return self._episode.info(
-            task_id=self._game.id, system_prompt=self.system_prompt, max_steps=self.config.max_steps,
-            expert=self.config.expert, parsed=parsed, valid=valid, feedback=feedback,
-            extra={"task_type": self._game.task_type, "game_file": str(self._game.path), **extra},
-        )
+        out = self._episode.gym_step(action)
+        self._obs = out[0]
+        return out
 
     def render(self) -> str | None:
         return self._obs if self.render_mode == "ansi" else None

@@ -309,7 +309,7 @@ def load_dataset(data_dir: str, dataset: str) -> tuple[QAExample, ...]:
 def _load_dataset(data_dir: str, dataset: str, files: tuple[tuple[str, str], ...]) -> tuple[QAExample, ...]:
     parts = dataset_parts(dataset)
     if not parts:
-        raise ConfigError(f"dataset is empty: use one of {', '.join(dataset_names())}.")
+        raise ConfigError(f"split is empty: use one of {', '.join(dataset_names())}.")
     digests = iter(files)
     examples: list[QAExample] = []
     names: set[str] = set()

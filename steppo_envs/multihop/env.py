@@ -8,7 +8,6 @@ observation is the whole state re-rendered each step inside ``budget_chars``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 import gymnasium as gym
 
 from steppo_envs.actions import ParsedAction, clean_action_text, format_hint, parse_action
-from steppo_envs.config import ConfigError, build_config
-from steppo_envs.contract import StepInfo, make_info, text_space
+from steppo_envs.config import ConfigError, build_config, check_all, renamed_options, with_max_steps
+from steppo_envs.contract import check_can_step, make_info, pick_task_index, text_space
 from steppo_envs.metrics import best_f1, exact_match
 from steppo_envs.multihop.data import (
     SUBDIR,
@@ -38,17 +37,18 @@ from steppo_envs.tools import ToolSpec
 __all__ = ["SEARCH_TOOL", "MultiHopQAConfig", "MultiHopQAEnv", "load_task_data"]
 
 
+@renamed_options(dataset="split")
 @dataclass(frozen=True)
 class MultiHopQAConfig:
     """Settings of :class:`MultiHopQAEnv` (pass as ``config=`` or as keyword overrides).
 
     Attributes:
         data_dir: folder holding ``multihop_qa/``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``.
-        dataset: ``"train"`` (IRCoT HotpotQA 500 + HotpotQA train 100, minus eval overlaps), ``"eval"``
+        split: ``"train"`` (IRCoT HotpotQA 500 + HotpotQA train 100, minus eval overlaps), ``"eval"``
             (HotpotQA, MuSiQue and 2Wiki, 200 each), a dataset name such as ``"musique_dev200"``, the path
             of your own ``.json`` / ``.jsonl`` file in the HotpotQA layout (its paragraphs are added to
             the searched corpus), a comma-separated list of those, or ``"hub:hotpot_qa[:split]"`` (needs
-            the ``datasets`` extra).
+            the ``datasets`` extra). Deprecated old name: ``dataset``.
         max_steps: steps per episode (tool calls, answers and invalid actions all count); the last one
             truncates the episode when it is not an answer.
         top_k: passages returned by one search.
@@ -64,7 +64,7 @@ class MultiHopQAConfig:
     """
 
     data_dir: str | None = None
-    dataset: str = "train"
+    split: str = "train"
     max_steps: int = 5
     top_k: int = 5
     budget_chars: int = 6000
@@ -135,7 +135,7 @@ def _load_cached(
         if files:  # a user file's paragraphs join the pooled corpus (the bundled ones are in it already)
             paragraphs = dedup_paragraphs([*paragraphs, *(p for ex in examples for p in ex.paragraphs)])
     if not examples:
-        raise ConfigError(f"dataset {dataset!r} has no questions: choose another dataset or check the data files.")
+        raise ConfigError(f"split {dataset!r} has no questions: choose another split or check the data files.")
     return TaskData(examples, _index_for(paragraphs, backend, title_weight, cache))
 
 
@@ -168,7 +168,7 @@ class _Turn:
 
 
 def _validate(cfg: MultiHopQAConfig) -> None:
-    checks = [
+    check_all("MultiHopQAConfig", [
         (cfg.max_steps >= 1, "max_steps must be at least 1"),
         (cfg.top_k >= 1, "top_k must be at least 1"),
         (cfg.budget_chars >= 500, "budget_chars must be at least 500"),
@@ -177,10 +177,7 @@ def _validate(cfg: MultiHopQAConfig) -> None:
         (cfg.title_weight >= 1, "title_weight must be at least 1"),
         (cfg.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
         (cfg.max_query_chars >= 1 and cfg.max_tool_calls >= 1, "max_query_chars and max_tool_calls must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"invalid MultiHopQAConfig: {message}.")
+    ])
 
 
 class MultiHopQAEnv(gym.Env[str, str]):
@@ -195,7 +192,7 @@ class MultiHopQAEnv(gym.Env[str, str]):
             raise ConfigError(f"render_mode {render_mode!r} is not supported: use None or 'ansi'.")
         self.render_mode = render_mode
         cfg = self.config
-        data = load_task_data(cfg.data_dir, cfg.dataset, cfg.search_backend, cfg.title_weight, cfg.cache_index)
+        data = load_task_data(cfg.data_dir, cfg.split, cfg.search_backend, cfg.title_weight, cfg.cache_index)
         self.examples = data.examples
         self.index = data.index
         self.tools: tuple[ToolSpec, ...] = (SEARCH_TOOL,)
@@ -212,24 +209,14 @@ class MultiHopQAEnv(gym.Env[str, str]):
     def set_max_steps(self, max_steps: int) -> None:
         """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
         max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
-        self.config = dataclasses.replace(self.config, max_steps=max_steps)
-        _validate(self.config)
+        self.config = with_max_steps(self.config, max_steps, _validate)
         self.system_prompt = SYSTEM_PROMPT.format(max_steps=max_steps)
 
     # -- gymnasium API ------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Start an episode on a random question (``options={"task_index": i}`` picks question ``i``)."""
         super().reset(seed=seed)
-        options = options or {}
-        unknown = sorted(set(options) - {"task_index"})
-        if unknown:
-            raise ConfigError(f"unknown reset option(s) {', '.join(unknown)}: the only option is 'task_index'.")
-        if "task_index" in options:
-            index = int(options["task_index"])
-            if not 0 <= index < len(self.examples):
-                raise ConfigError(f"task_index {index} is out of range: use 0..{len(self.examples) - 1}.")
-        else:
-            index = int(self.np_random.integers(len(self.examples)))
+        index = pick_task_index(options, len(self.examples), self.np_random, owner="steppo/MultiHopQA-v0")
         self._example = self.examples[index]
         self._turns = []
         self._retrieved_titles = set()
@@ -238,12 +225,10 @@ class MultiHopQAEnv(gym.Env[str, str]):
         self._obs = self._render()
         return self._obs, self._info(None, extra={"task_index": index, "source": self._example.source})
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, StepInfo]:
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Run one search, score one answer, or report an invalid action."""
-        if self._example is None:
-            raise RuntimeError("MultiHopQAEnv.step() was called before reset(): call reset() first.")
-        if self._done:
-            raise RuntimeError("the MultiHopQA episode has ended: call reset() to start a new one.")
+        check_can_step("steppo/MultiHopQA-v0", started=self._example is not None, done=self._done)
+        assert self._example is not None
         cfg = self.config
         self._step += 1
         action = clean_action_text(action)
@@ -300,7 +285,7 @@ class MultiHopQAEnv(gym.Env[str, str]):
         f1: float = 0.0,
         success: bool = False,
         extra: dict[str, Any] | None = None,
-    ) -> StepInfo:
+    ) -> dict[str, Any]:
         assert self._example is not None
         searches = sum(len(t.queries) for t in self._turns)
         return make_info(

@@ -162,7 +162,8 @@ def _in_split(task_split: str, split: str) -> bool:
     return task_split == split
 
 
-def _read_jsonl(path: Path) -> Iterator[dict[str, object]]:
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON records of a JSONL file (values as JSON gives them: any JSON type)."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{str(path)!r} is missing: put the paper_search files of the shared data there or pass data_dir=...."
@@ -178,7 +179,7 @@ def load_bench_queries(data_dir: str | os.PathLike[str] | None = None) -> list[B
     root = resolve_data_dir(data_dir, subdir="paper_search")
     out = []
     for r in _read_jsonl(root / BENCH_FILE):
-        cited = tuple((str(c.get("arxiv_id", "")), str(c.get("title", ""))) for c in r.get("cited_paper", []))  # type: ignore[union-attr]
+        cited = tuple((str(c.get("arxiv_id", "")), str(c.get("title", ""))) for c in r.get("cited_paper", []))
         out.append(BenchQuery(str(r["qid"]), str(r["source"]), str(r["query"]), str(r["date"]), cited))
     return out
 
@@ -197,8 +198,8 @@ def load_tasks(
     root = resolve_data_dir(data_dir, subdir="paper_search")
     tasks = []
     for r in _read_jsonl(root / MATCHED_FILE):
-        gold = tuple(str(g["corpus_id"]) for g in r["gold"] if g.get("corpus_id"))  # type: ignore[union-attr]
-        n_total = int(r["n_gold"])  # type: ignore[arg-type]
+        gold = tuple(str(g["corpus_id"]) for g in r["gold"] if g.get("corpus_id"))
+        n_total = int(r["n_gold"])
         if not gold or (len(gold) < n_total and not include_partial):
             continue
         task_split = split_of(str(r["qid"]), str(r["source"]))

@@ -10,7 +10,6 @@ details in docs/paper_search.md.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 import gymnasium as gym
 
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
-from steppo_envs.config import ConfigError, build_config
-from steppo_envs.contract import StepInfo, make_info, text_space
+from steppo_envs.config import ConfigError, build_config, check_all, renamed_options, with_max_steps
+from steppo_envs.contract import check_can_step, make_info, pick_task_index, text_space
 from steppo_envs.paper_search.data import (
     SPLITS,
     PaperSearchResources,
@@ -87,6 +86,7 @@ SYSTEM_PROMPT = (
 )
 
 
+@renamed_options(obs_budget_chars="budget_chars", backend="search_backend", show_progress="progress")
 @dataclass(frozen=True)
 class PaperSearchConfig:
     """Settings of ``steppo/PaperSearch-v0``.
@@ -110,17 +110,19 @@ class PaperSearchConfig:
             corpus has venue years, which lag the arXiv date the question's cut-off comes from).
         pool_show: candidates shown in the observation (best first).
         abstract_chars: characters of each candidate's abstract shown.
-        obs_budget_chars: character budget of the whole observation.
+        budget_chars: character budget of the whole observation (deprecated old name: ``obs_budget_chars``).
         wrong_select_penalty: cost of selecting a non-gold paper (used by the default :class:`GoldReward`).
         repeat_penalty: cost of a repeated search query, or a ``related`` on a paper already expanded.
         unknown_id_penalty: cost of a ``related`` on, or a ``select`` call naming, an id the agent has not seen.
         invalid_penalty: cost of a malformed action.
         reward_fn: how newly selected papers are scored; ``None`` means ``GoldReward(wrong_select_penalty)``.
-        backend: BM25 implementation, ``bm25s`` or ``rank_bm25`` (slow on this corpus).
+        search_backend: BM25 implementation, ``bm25s`` or ``rank_bm25`` (slow on this corpus; deprecated old
+            name: ``backend``).
         title_weight: how many times a title counts in its BM25 document.
         k1: BM25 ``k1``.
         b: BM25 ``b``.
-        show_progress: progress bars while parsing the corpus / building the index the first time.
+        progress: progress bars while parsing the corpus / building the index the first time (deprecated
+            old name: ``show_progress``).
     """
 
     data_dir: str | None = None
@@ -136,17 +138,17 @@ class PaperSearchConfig:
     date_slack_years: int = 1
     pool_show: int = 20
     abstract_chars: int = 240
-    obs_budget_chars: int = 8000
+    budget_chars: int = 8000
     wrong_select_penalty: float = 0.1
     repeat_penalty: float = 0.5
     unknown_id_penalty: float = 0.5
     invalid_penalty: float = 0.0
     reward_fn: RewardFn | None = None
-    backend: Backend = "bm25s"
+    search_backend: Backend = "bm25s"
     title_weight: int = 2
     k1: float = 1.5
     b: float = 0.75
-    show_progress: bool = True
+    progress: bool = True
 
 
 def _validate(cfg: PaperSearchConfig) -> None:
@@ -163,10 +165,11 @@ def _validate(cfg: PaperSearchConfig) -> None:
     ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1: pass a positive {name}.")
-    if cfg.obs_budget_chars < 500 or cfg.abstract_chars < 0 or cfg.date_slack_years < 0:
-        raise ConfigError(
-            "obs_budget_chars must be >= 500 and abstract_chars, date_slack_years >= 0: fix those options."
-        )
+    check_all("PaperSearchConfig", [
+        (cfg.budget_chars >= 500, "budget_chars must be at least 500"),
+        (cfg.abstract_chars >= 0 and cfg.date_slack_years >= 0, "abstract_chars and date_slack_years must be >= 0"),
+        (cfg.search_backend in ("bm25s", "rank_bm25"), "search_backend must be 'bm25s' or 'rank_bm25'"),
+    ])
 
 
 def _tasks_and_resources(cfg: PaperSearchConfig) -> tuple[list[PaperTask], PaperSearchResources]:
@@ -185,11 +188,11 @@ def _tasks_and_resources(cfg: PaperSearchConfig) -> tuple[list[PaperTask], Paper
             raise ConfigError(f"split {cfg.split!r} has no questions in this data directory: pick another split or data_dir.")
     resources = load_resources(
         cfg.data_dir,
-        backend=cfg.backend,
+        backend=cfg.search_backend,
         k1=cfg.k1,
         b=cfg.b,
         title_weight=cfg.title_weight,
-        show_progress=cfg.show_progress,
+        show_progress=cfg.progress,
         corpus_file=cfg.corpus_file,
     )
     if questions is not None:
@@ -272,36 +275,26 @@ class PaperSearchEnv(gym.Env[str, str]):
     def set_max_steps(self, max_steps: int) -> None:
         """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
         max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
-        self.config = dataclasses.replace(self.config, max_steps=max_steps)
-        _validate(self.config)
+        self.config = with_max_steps(self.config, max_steps, _validate)
         self.system_prompt = SYSTEM_PROMPT.format(max_calls=self.config.max_tool_calls, max_steps=max_steps)
 
     # -- gymnasium API ------------------------------------------------------------------------------
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, StepInfo]:
+    ) -> tuple[str, dict[str, Any]]:
+        """Start an episode on a random question (``options={"task_index": i}`` picks question ``i``)."""
         super().reset(seed=seed)
-        options = options or {}
-        if "task_index" in options:
-            i = int(options["task_index"])
-            if not 0 <= i < len(self.tasks):
-                raise ValueError(
-                    f"task_index={i} is out of range: the split has {len(self.tasks)} questions (0..{len(self.tasks) - 1})."
-                )
-        else:
-            i = int(self.np_random.integers(len(self.tasks)))
+        i = pick_task_index(options, len(self.tasks), self.np_random, owner="steppo/PaperSearch-v0")
         task = self.tasks[i]
         self._ep = _Episode(task=task, max_year=task.year + self.config.date_slack_years)
         self._obs = self._render()
         return self._obs, self._info(None)
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, StepInfo]:
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Run up to ``max_tool_calls`` tool calls, or report an invalid action."""
         ep = self._ep
-        if ep is None:
-            raise RuntimeError("call reset() before step().")
-        if ep.done:
-            ep.feedback = "The episode is over: call reset() to start a new question."
-            return self._obs, 0.0, True, False, self._info(None, valid=False)
+        check_can_step("steppo/PaperSearch-v0", started=ep is not None, done=ep is not None and ep.done)
+        assert ep is not None
         cfg = self.config
         ep.step += 1
         ep.last_notes, ep.last_hits, ep.feedback = [], [], None
@@ -490,9 +483,9 @@ class PaperSearchEnv(gym.Env[str, str]):
             else f"Steps left: {left}. Tool calls per step: up to {cfg.max_tool_calls}."
         )
         sections.append(Section(status, keep=True))
-        return render_sections(sections, cfg.obs_budget_chars)
+        return render_sections(sections, cfg.budget_chars)
 
-    def _info(self, action: ParsedAction | None, *, valid: bool = True, final: bool = False) -> StepInfo:
+    def _info(self, action: ParsedAction | None, *, valid: bool = True, final: bool = False) -> dict[str, Any]:
         ep = self._ep
         assert ep is not None
         c = self.resources.corpus

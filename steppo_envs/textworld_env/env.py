@@ -10,16 +10,15 @@ See :mod:`steppo_envs.textworld_env.episode` for the exact step rules and docs/t
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
 
-from steppo_envs.config import ConfigError, build_config
-from steppo_envs.contract import StepInfo, optional_import, text_space
+from steppo_envs.config import ConfigError, build_config, check_all
+from steppo_envs.contract import optional_import, pick_task_index, text_space
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
-from steppo_envs.textworld_env.episode import EpisodeSettings, GameEpisode, pick_game_index
+from steppo_envs.textworld_env.episode import GAME_INDEX_ALIAS, EpisodeSettings, GameEpisode
 from steppo_envs.textworld_env.games import (
     GameRef,
     Pool,
@@ -31,12 +30,15 @@ from steppo_envs.textworld_env.games import (
 from steppo_envs.textworld_env.planner import plan_from_game_state
 from steppo_envs.tools import ToolSpec
 
-__all__ = ["COMPACT_SYSTEM_PROMPT", "SYSTEM_PROMPT", "TextWorldConfig", "TextWorldEnv"]
+__all__ = ["COMPACT_SYSTEM_PROMPT", "SYSTEM_PROMPT", "EpisodeSettings", "TextWorldConfig", "TextWorldEnv"]
 
 
 @dataclass(frozen=True)
-class TextWorldConfig:
-    """Settings of :class:`TextWorldEnv` (pass as ``config=`` or as keyword overrides).
+class TextWorldConfig(EpisodeSettings):
+    """Settings of :class:`TextWorldEnv` (pass as ``config=`` or as keyword overrides): the shared
+    episode settings of :class:`~steppo_envs.textworld_env.episode.EpisodeSettings` (``max_steps``,
+    ``budget_chars``, ``history_window``, ``history_result_chars``, ``max_command_chars``,
+    ``invalid_penalty``, ``show_inventory``, ``show_admissible``, ``expert``, ``prompt_style``) plus:
 
     Attributes:
         preset: game family: ``"simple"``, ``"coin_collector"``, ``"treasure_hunter"`` or ``"cooking"``
@@ -53,26 +55,13 @@ class TextWorldConfig:
             bar); ``False`` (default) generates each game when it is first drawn (``steppo games make``
             pre-generates a whole pool).
         progress: show the tqdm progress bar while generating.
-        max_steps: steps per episode (valid and invalid ones count); the last one truncates.
-        budget_chars: character budget of one observation (about 4 characters per token).
-        history_window: how many earlier steps (command + result) are shown, besides the latest one.
-        history_result_chars: each earlier result is cut to this many characters.
-        max_command_chars: longer commands are cut; a bare (no tool-call syntax) response longer than
-            this is not taken as a command.
-        invalid_penalty: subtracted from the reward of an invalid step (non-negative).
-        show_inventory: include the inventory section (costs one extra engine call per step).
-        show_admissible: include the admissible commands section.
-        expert: re-plan each step and put the expert's next command in ``info["extra"]["expert_command"]``
-            (slower: the planner runs every step). A game with no walkthrough and no recorded quest actions
-            is planned from its own logic (:mod:`steppo_envs.textworld_env.planner`); one that cannot be
-            planned is refused at reset with an error naming the game.
         draw: how reset picks a game: ``"random"`` (uniform from the env's RNG) or ``"cycle"``: reset with
             seed ``s`` plays game ``s % pool_size``, so ``pool_size`` consecutive seeds play every game exactly
-            once (for evaluation); ``options={"game_index": i}`` overrides both.
-        prompt_style: ``"full"`` (sections with recent results, the tool list in ``info["tools"]``) or
-            ``"compact"``: a two-line system prompt, no tool list, every command so far on one line and
-            the admissible commands on one line (about 40% of the full prompt's tokens; for small
-            models and CPU training).
+            once (for evaluation); ``options={"task_index": i}`` overrides both.
+
+    With ``expert=True`` a game with no walkthrough and no recorded quest actions is planned from its
+    own logic (:mod:`steppo_envs.textworld_env.planner`); one that cannot be planned is refused at
+    reset with an error naming the game.
     """
 
     preset: str = "simple"
@@ -83,16 +72,6 @@ class TextWorldConfig:
     cache_dir: str | None = None
     pregenerate: bool = False
     progress: bool = True
-    max_steps: int = 20
-    budget_chars: int = 6000
-    history_window: int = 5
-    history_result_chars: int = 300
-    max_command_chars: int = 120
-    invalid_penalty: float = 0.0
-    show_inventory: bool = True
-    show_admissible: bool = True
-    expert: bool = False
-    prompt_style: Literal["full", "compact"] = "full"
     draw: Literal["random", "cycle"] = "random"
 
 
@@ -110,37 +89,13 @@ for example Act[go east]. The game ends when you win or after {max_steps} steps.
 def _validate(cfg: TextWorldConfig) -> None:
     if not cfg.game_files:
         check_preset(cfg.preset, cfg.level)
-    checks = [
+    check_all("TextWorldConfig", [
+        *cfg.checks(),
         (cfg.pool in ("train", "eval"), "pool must be 'train' or 'eval'"),
         (cfg.pool_size >= 1, "pool_size must be at least 1"),
-        (cfg.max_steps >= 1, "max_steps must be at least 1"),
-        (cfg.budget_chars >= 500, "budget_chars must be at least 500"),
-        (cfg.history_window >= 0 and cfg.history_result_chars >= 0, "history_window and history_result_chars must be >= 0"),
-        (cfg.max_command_chars >= 8, "max_command_chars must be at least 8"),
-        (cfg.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
         (not isinstance(cfg.game_files, str), "game_files must be a list of paths, not one string"),
-        (cfg.prompt_style in ("full", "compact"), "prompt_style must be 'full' or 'compact'"),
         (cfg.draw in ("random", "cycle"), "draw must be 'random' or 'cycle'"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"invalid TextWorldConfig: {message}.")
-
-
-def episode_settings(cfg: Any) -> EpisodeSettings:
-    """The :class:`EpisodeSettings` part of a TextWorld / ALFWorld config."""
-    return EpisodeSettings(
-        max_steps=cfg.max_steps,
-        budget_chars=cfg.budget_chars,
-        history_window=cfg.history_window,
-        history_result_chars=cfg.history_result_chars,
-        max_command_chars=cfg.max_command_chars,
-        invalid_penalty=cfg.invalid_penalty,
-        show_inventory=cfg.show_inventory,
-        show_admissible=cfg.show_admissible,
-        expert=cfg.expert,
-        compact=cfg.prompt_style == "compact",
-    )
+    ])
 
 
 def _objective(state: Any) -> tuple[str, str]:
@@ -169,55 +124,45 @@ class TextWorldEnv(gym.Env[str, str]):
             else pool_refs(cfg.preset, cfg.level, cfg.pool, cfg.pool_size, root=cfg.cache_dir)
         )
         self.tools: tuple[ToolSpec, ...] = (ACT_TOOL,)
-        prompt = COMPACT_SYSTEM_PROMPT if cfg.prompt_style == "compact" else SYSTEM_PROMPT
-        self.system_prompt = prompt.format(max_steps=cfg.max_steps)
         self.observation_space = text_space()
         self.action_space = text_space()
-        self._episode = GameEpisode(episode_settings(cfg), self.tools, objective_fn=_objective, planner=plan_from_game_state)
-        self._game: GameRef | None = None
+        self._episode = GameEpisode(
+            "steppo/TextWorld-v0", cfg, self.tools, prompts=(SYSTEM_PROMPT, COMPACT_SYSTEM_PROMPT),
+            objective_fn=_objective, planner=plan_from_game_state,
+        )
         self._generated = False
         self._obs = ""
+
+    @property
+    def system_prompt(self) -> str:
+        """The system message of the current settings."""
+        return self._episode.system_prompt
 
     def set_max_steps(self, max_steps: int) -> None:
         """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
         max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
-        self.config = dataclasses.replace(self.config, max_steps=max_steps)
-        _validate(self.config)
-        prompt = COMPACT_SYSTEM_PROMPT if self.config.prompt_style == "compact" else SYSTEM_PROMPT
-        self.system_prompt = prompt.format(max_steps=max_steps)
-        self._episode.settings = episode_settings(self.config)
+        self.config = self._episode.set_max_steps(max_steps, _validate)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
-        """Start an episode on a game drawn from the pool (``options={"game_index": i}`` picks game ``i``)."""
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """Start an episode on a game drawn from the pool (``options={"task_index": i}`` picks game ``i``)."""
         super().reset(seed=seed)
-        if self.config.draw == "cycle" and seed is not None and "game_index" not in (options or {}):
-            options = {**(options or {}), "game_index": seed % len(self.games)}
-        index = pick_game_index(options, len(self.games), self.np_random)
+        options = dict(options or {})
+        if self.config.draw == "cycle" and seed is not None and not {"task_index", "game_index"} & set(options):
+            options["task_index"] = seed % len(self.games)
+        index = pick_task_index(options, len(self.games), self.np_random, owner="steppo/TextWorld-v0", aliases=GAME_INDEX_ALIAS)
         if self.config.pregenerate and not self._generated:
             ensure_games(self.games, progress=self.config.progress, desc=f"generating {self.config.preset} games")
             self._generated = True
-        self._game = self.games[index]
-        ensure_games([self._game], progress=self.config.progress)
-        self._episode.start(self._game.path)
-        self._obs = self._episode.render()
-        return self._obs, self._info(None, True, None, {"game_index": index})
+        game = self.games[index]
+        ensure_games([game], progress=self.config.progress)
+        self._obs, info = self._episode.reset_on(game.path, task_id=game.id, task_index=index, extra={"game_file": str(game.path)})
+        return self._obs, info
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, StepInfo]:
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Send one command to the game (or report an invalid response)."""
-        result = self._episode.step(action)
-        self._obs = result.observation
-        parsed = result.choice.parsed if result.choice is not None else None
-        extra = {"command": result.choice.command if result.choice is not None else None}
-        info = self._info(parsed, result.valid, result.feedback, extra)
-        return result.observation, result.reward, result.terminated, result.truncated, info
-
-    def _info(self, parsed: Any, valid: bool, feedback: str | None, extra: dict[str, Any]) -> StepInfo:
-        assert self._game is not None
-        return self._episode.info(
-            task_id=self._game.id, system_prompt=self.system_prompt, max_steps=self.config.max_steps,
-            expert=self.config.expert, parsed=parsed, valid=valid, feedback=feedback,
-            extra={"game_file": str(self._game.path), **extra},
-        )
+        out = self._episode.gym_step(action)
+        self._obs = out[0]
+        return out
 
     def render(self) -> str | None:
         return self._obs if self.render_mode == "ansi" else None

@@ -20,11 +20,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
 from steppo_envs.actions import ParsedAction
-from steppo_envs.config import ConfigError
-from steppo_envs.contract import StepInfo, make_info, optional_import
+from steppo_envs.config import ConfigError, with_max_steps
+from steppo_envs.contract import check_can_step, make_info, optional_import
 from steppo_envs.textworld_env.common import (
     CommandChoice,
     HistoryEntry,
@@ -37,7 +37,7 @@ from steppo_envs.textworld_env.common import (
 from steppo_envs.textworld_env.planner import Plan
 from steppo_envs.tools import ToolSpec
 
-__all__ = ["EpisodeSettings", "GameEpisode", "PlannerFn", "StepResult"]
+__all__ = ["GAME_INDEX_ALIAS", "EpisodeSettings", "GameEpisode", "PlannerFn", "StepResult"]
 
 ObjectiveFn = Callable[[Any], tuple[str, str]]
 """``GameState at reset -> (objective, first observation text)``."""
@@ -48,19 +48,57 @@ PlannerFn = Callable[[Any], Plan]
 
 @dataclass(frozen=True)
 class EpisodeSettings:
-    """The per-episode knobs both env configs carry (see their docstrings)."""
+    """The episode settings every TextWorld-engine env shares: ``TextWorldConfig`` and ``ALFWorldConfig``
+    are this class plus their own game-source fields (pass any of these as ``config=`` fields or as
+    ``gymnasium.make`` overrides).
 
-    max_steps: int
-    budget_chars: int
-    history_window: int
-    history_result_chars: int
-    max_command_chars: int
-    invalid_penalty: float
-    show_inventory: bool
-    show_admissible: bool
-    expert: bool
-    compact: bool = False
-    """Render the short state (all commands on one line, no per-step results) and advertise no tool list."""
+    Attributes:
+        max_steps: steps per episode (valid and invalid ones count); the last one truncates.
+        budget_chars: character budget of one observation (about 4 characters per token).
+        history_window: how many earlier steps (command + result) are shown, besides the latest one.
+        history_result_chars: each earlier result is cut to this many characters.
+        max_command_chars: longer commands are cut; a bare (no tool-call syntax) response longer than
+            this is not taken as a command.
+        invalid_penalty: subtracted from the reward of an invalid step (non-negative).
+        show_inventory: include the inventory section (costs one extra engine call per step).
+        show_admissible: include the admissible commands section.
+        expert: re-plan each step and put the expert's next command in ``info["extra"]["expert_command"]``
+            (slower: the planner runs every step).
+        prompt_style: ``"full"`` (sections with recent results, the tool list in ``info["tools"]``) or
+            ``"compact"``: a two-line system prompt, no tool list, every command so far on one line and
+            the admissible commands on one line (about 40% of the full prompt's tokens; for small
+            models and CPU training).
+    """
+
+    max_steps: int = 20
+    budget_chars: int = 6000
+    history_window: int = 5
+    history_result_chars: int = 300
+    max_command_chars: int = 120
+    invalid_penalty: float = 0.0
+    show_inventory: bool = True
+    show_admissible: bool = True
+    expert: bool = False
+    prompt_style: Literal["full", "compact"] = "full"
+
+    @property
+    def compact(self) -> bool:
+        """Render the short state (all commands on one line, no per-step results) and advertise no tool list."""
+        return self.prompt_style == "compact"
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """The range checks of these fields, as ``(ok, message naming the fix)`` (see :func:`check_all`)."""
+        return [
+            (self.max_steps >= 1, "max_steps must be at least 1"),
+            (self.budget_chars >= 500, "budget_chars must be at least 500"),
+            (self.history_window >= 0 and self.history_result_chars >= 0, "history_window and history_result_chars must be >= 0"),
+            (self.max_command_chars >= 8, "max_command_chars must be at least 8"),
+            (self.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
+            (self.prompt_style in ("full", "compact"), "prompt_style must be 'full' or 'compact'"),
+        ]
+
+
+S = TypeVar("S", bound=EpisodeSettings)
 
 
 @dataclass(frozen=True)
@@ -80,25 +118,37 @@ def _as_float(value: Any, default: float) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
 
 
-class GameEpisode:
-    """Plays one game at a time on a TextWorld engine started with ``request_infos`` and ``wrappers``.
+#: The deprecated reset option of the TextWorld-engine envs (old -> new name).
+GAME_INDEX_ALIAS: dict[str, str] = {"game_index": "task_index"}
 
-    ``planner`` (TextWorld games) computes winning commands from the game's logic when the engine's
-    own expert has no plan and the game no walkthrough; with ``expert=True`` a game it cannot plan is
-    refused at reset.
+
+class GameEpisode(Generic[S]):
+    """Plays one game at a time on a TextWorld engine started with ``request_infos`` and ``wrappers``,
+    and gives the Gymnasium ``reset`` / ``step`` results of the env that owns it (``name``).
+
+    ``settings`` is the env's whole config (an :class:`EpisodeSettings`); ``prompts`` the full and the
+    compact system prompt, each with a ``{max_steps}`` slot. ``planner`` (TextWorld games) computes
+    winning commands from the game's logic when the engine's own expert has no plan and the game no
+    walkthrough; with ``expert=True`` a game it cannot plan is refused at reset.
     """
 
     def __init__(
         self,
-        settings: EpisodeSettings,
+        name: str,
+        settings: S,
         tools: Sequence[ToolSpec],
         *,
+        prompts: tuple[str, str],
         objective_fn: ObjectiveFn,
         wrappers_fn: Callable[[], list[Any]] | None = None,
         inventory_infos: bool = True,
         planner: PlannerFn | None = None,
     ) -> None:
-        self.settings = settings
+        self.name = name
+        self.settings: S = settings
+        self._prompts = prompts
+        self._task_id = ""
+        self._extra: dict[str, Any] = {}
         self._planner = planner
         self._planned_at = -1
         self.tools = tuple(tools)
@@ -231,26 +281,43 @@ class GameEpisode:
             "steps": float(self.step_count),
         }
 
-    def info(
-        self,
-        *,
-        task_id: str,
-        system_prompt: str,
-        max_steps: int,
-        expert: bool,
-        parsed: ParsedAction | None,
-        valid: bool,
-        feedback: str | None,
-        extra: dict[str, Any],
-    ) -> StepInfo:
+    @property
+    def system_prompt(self) -> str:
+        """The system prompt of the current settings (full or compact, with ``max_steps`` filled in)."""
+        full, compact = self._prompts
+        return (compact if self.settings.compact else full).format(max_steps=self.settings.max_steps)
+
+    def set_max_steps(self, max_steps: int, validate: Callable[[S], None]) -> S:
+        """Use ``max_steps`` from the next episode on (checked by ``validate``); return the new settings."""
+        self.settings = with_max_steps(self.settings, max_steps, validate)
+        return self.settings
+
+    def reset_on(self, path: Path, *, task_id: str, task_index: int, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Start an episode on the game at ``path``: the Gymnasium ``reset`` result. ``extra`` goes into
+        every ``info["extra"]`` of the episode (with ``task_index``; ``game_index`` is its deprecated copy)."""
+        self.start(path)
+        self._task_id = task_id
+        self._extra = {**extra}
+        obs = self.render()
+        return obs, self.info(None, True, None, {"task_index": task_index, "game_index": task_index})
+
+    def gym_step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """One Gymnasium ``step``: send the response's command to the game (or report an invalid response)."""
+        result = self.step(action)
+        parsed = result.choice.parsed if result.choice is not None else None
+        extra = {"command": result.choice.command if result.choice is not None else None}
+        info = self.info(parsed, result.valid, result.feedback, extra)
+        return result.observation, result.reward, result.terminated, result.truncated, info
+
+    def info(self, parsed: ParsedAction | None, valid: bool, feedback: str | None, extra: dict[str, Any]) -> dict[str, Any]:
         """The contract's ``info`` for this episode's current state (``expert`` adds the expert's next command)."""
-        extra = {"admissible_commands": list(self.admissible or []), **extra}
-        if expert:
+        extra = {"admissible_commands": list(self.admissible or []), **self._extra, **extra}
+        if self.settings.expert:
             extra["expert_command"] = self.expert_command()
         return make_info(
-            task_id=task_id, system_prompt=system_prompt, tools=() if self.settings.compact else self.tools, step=self.step_count,
-            max_steps=max_steps, action=parsed, valid=valid, feedback=feedback, metrics=self.metrics(),
-            success=self.won, extra=extra,
+            task_id=self._task_id, system_prompt=self.system_prompt, tools=() if self.settings.compact else self.tools,
+            step=self.step_count, max_steps=self.settings.max_steps, action=parsed, valid=valid, feedback=feedback,
+            metrics=self.metrics(), success=self.won, extra=extra,
         )
 
     def render(self, feedback: str | None = None) -> str:
@@ -275,10 +342,7 @@ class GameEpisode:
     # -- step ---------------------------------------------------------------------------------------
     def step(self, action: str) -> StepResult:
         """Apply one response (see the module docstring for the rules)."""
-        if self._state is None:
-            raise RuntimeError("step() was called before reset(): call reset() first.")
-        if self.done:
-            raise RuntimeError("the episode has ended: call reset() to start a new one.")
+        check_can_step(self.name, started=self._state is not None, done=self.done)
         s = self.settings
         self.step_count += 1
         choice = read_command(action, self.tools, s.max_command_chars)
@@ -308,17 +372,3 @@ class GameEpisode:
         truncated = not terminated and self.step_count >= s.max_steps
         self.done = terminated or truncated
         return StepResult(self.render(feedback), float(reward), terminated, truncated, choice, valid, feedback)
-
-
-def pick_game_index(options: dict[str, Any] | None, n_games: int, np_random: Any) -> int:
-    """The game of a reset: ``options["game_index"]`` when given (checked), else uniform from ``np_random``."""
-    options = options or {}
-    unknown = sorted(set(options) - {"game_index"})
-    if unknown:
-        raise ConfigError(f"unknown reset option(s) {', '.join(unknown)}: the only option is 'game_index'.")
-    if "game_index" not in options:
-        return int(np_random.integers(n_games))
-    index = int(options["game_index"])
-    if not 0 <= index < n_games:
-        raise ConfigError(f"game_index {index} is out of range: use 0..{n_games - 1}.")
-    return index
