@@ -27,7 +27,17 @@ import gymnasium
 
 from steppo_agent.policies.base import Generation
 from steppo_agent.records import SamplingConfig
-from steppo_envs import ToolSpec, build_config, format_hint, make_info, parse_action, register, text_space
+from steppo_envs import (
+    ToolSpec,
+    build_config,
+    check_can_step,
+    format_hint,
+    make_info,
+    parse_action,
+    register,
+    reject_reset_options,
+    text_space,
+)
 
 ENV_ID = "steppotest/Guess-v0"
 
@@ -74,6 +84,7 @@ class GuessEnv(gymnasium.Env[str, str]):
         self._history: list[tuple[int, str]] = []
         self._feedback: str | None = None
         self._step = 0
+        self._done: bool | None = None  # None: no episode yet
 
     def _obs(self) -> str:
         lines = [f"The secret is an integer from {self.config.low} to {self.config.high}."]
@@ -104,6 +115,8 @@ class GuessEnv(gymnasium.Env[str, str]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
+        reject_reset_options(options, ENV_ID)  # no task list: no reset option is accepted
+        self._done = False
         self._secret = int(self.np_random.integers(self.config.low, self.config.high + 1))
         self._history, self._feedback, self._step = [], None, 0
         return self._obs(), self._info()
@@ -111,6 +124,7 @@ class GuessEnv(gymnasium.Env[str, str]):
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.config.step_delay:
             time.sleep(self.config.step_delay)
+        check_can_step(ENV_ID, started=self._done is not None, done=bool(self._done))  # after the end: an error
         self._step += 1
         parsed = parse_action(action, [GUESS_TOOL], allow_answer=False)
         reward, success = 0.0, False
@@ -131,6 +145,7 @@ class GuessEnv(gymnasium.Env[str, str]):
                 self._history.append((n, "higher" if self._secret > n else "lower"))
         terminated = success
         truncated = not terminated and self._step >= self.config.max_steps
+        self._done = terminated or truncated
         info = self._info(parsed, valid=parsed.valid and self._feedback is None, success=success)
         return self._obs(), reward, terminated, truncated, info
 
