@@ -195,9 +195,9 @@ async def _chat(gw: Gateway, request: Request) -> Any:
     text = clean_action_text(gen.text)
     action, tool_calls = parse_tool_calls(text, req.tools if req.tool_choice != "none" else None, completion_id[9:])
     content = action.reasoning if (gw.template_tools and tool_calls and action is not None) else text
-    traj = store.open[episode_id].traj
+    open_episode = store.open.get(episode_id)  # None: the client ended it while this step was generated
     info: dict[str, Any] = {"completion_id": completion_id, "messages": new}
-    if sampling != traj.sampling:
+    if open_episode is not None and sampling != open_episode.traj.sampling:
         info["sampling"] = sampling.model_dump()
     step = Step(index=seq, observation=str(messages[-1]["content"]), prompt_ids=ids, response_ids=list(gen.token_ids),
                 response_logprobs=list(gen.logprobs), response_text=text, finish_reason=gen.finish_reason,

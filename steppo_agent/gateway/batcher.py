@@ -1,7 +1,8 @@
 """Requests that arrive together are generated together: a small asyncio batcher in front of a Policy.
 
-The first queued request opens a window of ``window_s``; everything queued by then (up to
-``max_batch``) goes to one ``policy.generate`` call per distinct sampling setting, run in a worker
+The first queued request opens a window of ``window_s``, and each request that arrives in it opens
+another, up to ``MAX_WAIT_WINDOWS`` windows in all; everything queued by then (up to ``max_batch``)
+goes to one ``policy.generate`` call per distinct sampling setting, run in a worker
 thread so the event loop keeps accepting requests (which queue up for the next call, as the rollout
 engine's rounds do). Each request carries its own seed, so its sample does not depend on its batch.
 """
@@ -15,7 +16,10 @@ from dataclasses import dataclass, field
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import SamplingConfig
 
-__all__ = ["Batcher", "BatchStats"]
+__all__ = ["MAX_WAIT_WINDOWS", "Batcher", "BatchStats"]
+
+#: The longest a batch waits for more requests, in windows (a steady stream cannot hold a call back).
+MAX_WAIT_WINDOWS = 10
 
 
 @dataclass
@@ -59,10 +63,13 @@ class Batcher:
         return await future
 
     async def _collect(self) -> list[_Item]:
+        """The next batch: the first queued request, then every request that arrives within ``window_s``
+        of the previous one (a burst of clients joins one call), for at most ``MAX_WAIT_WINDOWS`` windows."""
+        loop = asyncio.get_running_loop()
         items = [await self.queue.get()]
-        deadline = asyncio.get_running_loop().time() + self.window_s
+        last_call = loop.time() + MAX_WAIT_WINDOWS * self.window_s
         while len(items) < self.max_batch:
-            timeout = deadline - asyncio.get_running_loop().time()
+            timeout = min(self.window_s, last_call - loop.time())
             if timeout <= 0:
                 break
             try:

@@ -75,7 +75,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=0)
+    top_logprobs: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1)
@@ -97,6 +97,9 @@ class ChatRequest(BaseModel):
             if getattr(self, name):
                 raise RequestError(400, f"{name} is not supported (it would change the sampled distribution the "
                                         "records claim): leave it unset.", param=name)
+        if self.top_logprobs:
+            raise RequestError(400, "top_logprobs is not supported (the records keep the sampled tokens' logprobs): "
+                                    "use logprobs=true without top_logprobs.", param="top_logprobs")
         if self.logit_bias:
             raise RequestError(400, "logit_bias is not supported: leave it unset.", param="logit_bias")
         if self.tool_choice not in (None, "auto", "none") and self.tool_choice != "required":

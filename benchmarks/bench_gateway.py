@@ -1,0 +1,141 @@
+"""The step gateway's cost: tokens/s through the gateway vs the same policy called directly, and the
+latency it adds per request.
+
+1. Throughput: ``--clients`` chats (distinct questions), rendered once into prompt ids. Direct: one
+   ``policy.generate`` call on all of them. Gateway: the same chats sent at once by as many async
+   ``openai`` clients to a gateway (in this process, on 127.0.0.1) in front of the same policy, with
+   the same per-request seeds (so both sample the same tokens). tokens/s = response tokens / wall time.
+   Ratio = gateway / direct (target >= 0.95).
+2. Latency: one request at a time (``--latency-requests`` of ``--latency-max-tokens`` tokens), direct ``policy.generate([prompt])`` vs a
+   gateway request; the added latency is the median of the per-request differences.
+
+The prefix cache is reset before each measurement; measurements alternate and repeat ``--repeats``
+times; medians are printed with the CPU they ran on. Timings on a shared CPU swing: compare the ratio
+of one run, never absolute numbers across machines.
+
+    python benchmarks/bench_gateway.py --clients 32 --max-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SYSTEM = "You are a helpful assistant. Answer in one or two sentences."
+TOPICS = ["rain", "bread", "a compass", "tides", "glass", "bees", "ice", "a lighthouse", "paper", "volcanoes", "wind",
+          "salt", "rainbows", "clocks", "maps", "owls"]
+
+
+def _chats(n: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Question {i}: how does {TOPICS[i % len(TOPICS)]} work?"}]
+            for i in range(n)]
+
+
+def _reset(policy: Any) -> None:
+    llm = getattr(policy, "_llm", None)
+    if llm is not None:
+        llm.reset_prefix_cache()  # no measurement may reuse another's cached prompts
+
+
+def _direct(policy: Any, prompts: list[list[int]], max_tokens: int) -> tuple[int, float]:
+    from steppo_agent.records import SamplingConfig
+
+    _reset(policy)
+    t0 = time.perf_counter()
+    gens = policy.generate(prompts, SamplingConfig(temperature=1.0, max_tokens=max_tokens), seeds=list(range(len(prompts))))
+    return sum(len(g.token_ids) for g in gens), time.perf_counter() - t0
+
+
+async def _through(url: str, chats: list[list[dict[str, str]]], max_tokens: int, seeds: list[int]) -> int:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
+    try:
+        replies = await asyncio.gather(*[
+            client.chat.completions.create(model="bench", messages=chat, max_tokens=max_tokens, temperature=1.0, seed=s)  # type: ignore[arg-type]
+            for chat, s in zip(chats, seeds, strict=True)])
+    finally:
+        await client.close()
+    return sum(r.usage.completion_tokens for r in replies if r.usage is not None)
+
+
+def _gateway(policy: Any, url: str, chats: list[list[dict[str, str]]], max_tokens: int) -> tuple[int, float]:
+    _reset(policy)
+    t0 = time.perf_counter()
+    tokens = asyncio.run(_through(url, chats, max_tokens, list(range(len(chats)))))
+    return tokens, time.perf_counter() - t0
+
+
+def _latency(policy: Any, url: str, chats: list[list[dict[str, str]]], prompts: list[list[int]], max_tokens: int,
+             n: int) -> list[float]:
+    """Per-request (gateway - direct) seconds, one request at a time, same prompt and seed."""
+    added = []
+    for i in range(n):  # alternate which path goes first, so a drifting machine load cancels out
+        k = i % len(chats)
+        if i % 2:
+            _, through = _gateway(policy, url, [chats[k]], max_tokens)
+            _, direct = _direct(policy, [prompts[k]], max_tokens)
+        else:
+            _, direct = _direct(policy, [prompts[k]], max_tokens)
+            _, through = _gateway(policy, url, [chats[k]], max_tokens)
+        added.append(through - direct)
+    return added
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent requests per throughput measurement")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-requests", type=int, default=20)
+    parser.add_argument("--latency-max-tokens", type=int, default=4, help="response tokens of the latency requests")
+    parser.add_argument("--batch-window", type=float, default=0.005)
+    args = parser.parse_args(argv)
+
+    from steppo_agent.gateway import GatewayConfig, start_gateway
+    from steppo_agent.policies import PolicyConfig, make_policy
+    from steppo_agent.prompting import render_messages_ids
+    from steppo_train.precision import describe_cpu
+
+    policy = make_policy(PolicyConfig(backend="vllm", model=args.model, kv_cache_gib=1.0))
+    chats = _chats(args.clients)
+    prompts = [render_messages_ids(policy.tokenizer, chat, None) for chat in chats]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = GatewayConfig(output=Path(tmp) / "bench.jsonl", port=0, served_model_name="bench",
+                               batch_window_s=args.batch_window, max_batch=max(64, args.clients))
+        with start_gateway(policy, config) as gw:
+            _gateway(policy, gw.url, chats, 4)  # warm-up: both paths, every batch size once
+            _direct(policy, prompts, 4)
+            direct_tps, gateway_tps = [], []
+            for _ in range(args.repeats):
+                tokens, seconds = _direct(policy, prompts, args.max_tokens)
+                direct_tps.append(tokens / seconds)
+                tokens_gw, seconds = _gateway(policy, gw.url, chats, args.max_tokens)
+                gateway_tps.append(tokens_gw / seconds)
+                if tokens_gw != tokens:
+                    print(f"note: {tokens_gw} tokens through the gateway vs {tokens} direct", file=sys.stderr)
+            added = _latency(policy, gw.url, chats, prompts, args.latency_max_tokens, args.latency_requests)
+            stats = gw.server.config.app.state.gateway.batcher.stats
+    policy.close()
+    d, g = statistics.median(direct_tps), statistics.median(gateway_tps)
+    print(f"cpu: {describe_cpu()}")
+    print(f"model {args.model}, {args.clients} concurrent requests x {args.max_tokens} max tokens, {args.repeats} repeats")
+    print(f"direct policy.generate   {d:8.1f} tokens/s (median; runs {', '.join(f'{x:.1f}' for x in direct_tps)})")
+    print(f"through the gateway      {g:8.1f} tokens/s (median; runs {', '.join(f'{x:.1f}' for x in gateway_tps)})")
+    print(f"ratio gateway / direct   {g / d:8.3f}  (target >= 0.95)")
+    print(f"added latency/request    {1000 * statistics.median(added):8.1f} ms median over {len(added)} single requests "
+          f"of {args.latency_max_tokens} tokens "
+          f"(min {1000 * min(added):.1f}, max {1000 * max(added):.1f})")
+    print(f"batching: {stats.requests} requests in {stats.calls} policy calls (largest {max(stats.sizes)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
