@@ -335,7 +335,7 @@ def test_a_multi_turn_tool_episode_is_token_exact(gw: Any, vllm_policy: Any, hf_
         {"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": None, "tool_calls": [demo]}, {"role": "tool", "tool_call_id": "call_0", "content": "Paris"}]
     sent, replies = [], []
-    for turn in range(3):
+    for turn in range(2):
         sent.append([dict(m) for m in messages])
         reply = c.chat.completions.create(model="smollm2-135m", messages=messages, tools=TOOLS, temperature=0,  # type: ignore[arg-type]
                                           max_tokens=8, logprobs=True)
@@ -347,7 +347,7 @@ def test_a_multi_turn_tool_episode_is_token_exact(gw: Any, vllm_policy: Any, hf_
         messages.append({"role": "user", "content": f"Turn {turn + 1}: give the final answer."})
     steppo_post(gw.url, "/steppo/v1/episodes/exact/end", {"reward": 1.0, "task_id": "france"})
     traj = records(gw.output)["exact"]
-    assert len(traj.steps) == 3 and traj.task_id == "france" and traj.steps[-1].reward == 1.0
+    assert len(traj.steps) == 2 and traj.task_id == "france" and traj.steps[-1].reward == 1.0
     gaps = []
     for step, chat, reply in zip(traj.steps, sent, replies, strict=True):
         assert step.prompt_ids == expected_ids(tok, chat, TOOLS)
@@ -388,7 +388,7 @@ def test_32_concurrent_episodes_are_32_trajectories(gw: Any, vllm_policy: Any) -
         c = client(gw, f"conc-{e}", group=f"g{e % 4}")
         messages: list[Any] = [{"role": "user", "content": f"Episode {e}: say a number."}]
         for turn in range(2):
-            reply = c.chat.completions.create(model="smollm2-135m", messages=messages, seed=e, max_tokens=8)
+            reply = c.chat.completions.create(model="smollm2-135m", messages=messages, seed=e, max_tokens=4)
             messages += [{"role": "assistant", "content": reply.choices[0].message.content},
                          {"role": "user", "content": f"Episode {e} turn {turn + 1}."}]
         assert steppo_post(gw.url, f"/steppo/v1/episodes/conc-{e}/end", {"reward": float(e)}).status_code == 200
