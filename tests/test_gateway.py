@@ -472,3 +472,17 @@ def test_the_docs_example_records_and_trains(vllm_policy: Any, tiny_model: Path,
     assert "episodes        8 (2 groups)" in report and "env gateway" in report
     rows = (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1 and json.loads(rows[0])["iteration"] == 0
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--backend", "openai"], "needs --base-url"),
+    (["--port", "70000"], "port"),
+    (["--output", "/proc/steppo-no/gw.jsonl"], "cannot create the --output folder"),
+])
+def test_cli_errors_are_one_line_naming_the_fix(args: list[str], needle: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from steppo.cli import main
+
+    assert main(["gateway", "--output", str(tmp_path / "gw.jsonl"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("steppo: error: ") and needle in err and "\n" not in err

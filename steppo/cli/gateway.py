@@ -41,6 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
+    from steppo_envs.contract import optional_import
+
+    for module in ("fastapi", "uvicorn"):  # before a model loads
+        optional_import(module, "agent")
     from steppo_agent.gateway import GatewayConfig
     from steppo_agent.gateway.server import serve
     from steppo_agent.policies import PolicyConfig, make_policy
