@@ -13,6 +13,7 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
 from typing import Any, TypeVar, cast
 
 import pydantic
@@ -76,7 +77,7 @@ def _adapter(cls: type) -> pydantic.TypeAdapter[Any] | None:
 def validate_dataclass(cls: type[C], values: dict[str, Any]) -> C:
     """``cls(**values)`` with every field checked (and plain coercions such as ``"5"`` -> ``5`` done)
     against its annotation; a wrong type or value raises :class:`ConfigError` naming the field."""
-    adapter = _adapter(cls)  # type: ignore[arg-type]  # a class is hashable; mypy cannot tell for a type[C]
+    adapter = _adapter(cast(type, cls))  # a class is hashable (the lru_cache key)
     try:
         if adapter is None:
             return cls(**values)
@@ -116,12 +117,13 @@ _INTERNAL_PREFIXES = ("steppo_envs", "gymnasium", "pydantic", "dataclasses", "fu
 
 def _user_stacklevel() -> int:
     """The ``stacklevel`` that points a warning at the first caller outside steppo_envs / Gymnasium."""
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None:
         module = str(frame.f_globals.get("__name__", ""))
         if not module.startswith(_INTERNAL_PREFIXES):
             return level
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]  # f_back is None at the bottom: the loop ends
+        frame, level = frame.f_back, level + 1
     return level
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "StepInfo",
     "TextSpace",
     "check_can_step",
+    "check_render_mode",
     "make_info",
     "optional_import",
     "pick_task_index",
@@ -107,6 +108,14 @@ class EpisodeOverError(RuntimeError):
 
     A bug in the caller's loop, not a user input error: every steppo env raises it the same way, like
     Gymnasium's own envs refuse to step a finished episode."""
+
+
+def check_render_mode(render_mode: str | None) -> str | None:
+    """``render_mode`` when it is ``None`` or ``"ansi"`` (the one mode steppo envs render: the
+    observation text), else a :class:`~steppo_envs.ConfigError` naming those two."""
+    if render_mode is not None and render_mode != "ansi":
+        raise ConfigError(f"render_mode {render_mode!r} is not supported: use None or 'ansi'.")
+    return render_mode
 
 
 def check_can_step(owner: str, *, started: bool, done: bool) -> None:

@@ -33,7 +33,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -166,7 +166,7 @@ class BM25Index:
     def _doc_tokens(self) -> list[list[str]]:
         return [tokenize((p.title + " ") * self.title_weight + p.text) for p in self.passages]
 
-    def _build(self, show_progress: bool) -> object:
+    def _build(self, show_progress: bool) -> Any:  # a bm25s.BM25 or rank_bm25.BM25Okapi: untyped packages
         docs = self._doc_tokens()
         if self.backend == "bm25s":
             import bm25s
@@ -186,7 +186,7 @@ class BM25Index:
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
         try:
             if self.backend == "bm25s":
-                self._model.save(str(tmp), show_progress=False)  # type: ignore[attr-defined]
+                self._model.save(str(tmp), show_progress=False)
             else:
                 with open(tmp / "rank_bm25.pkl", "wb") as f:
                     pickle.dump(self._model, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -196,7 +196,7 @@ class BM25Index:
             if not path.exists():
                 raise
 
-    def _load(self, path: Path) -> object:
+    def _load(self, path: Path) -> Any:  # a bm25s.BM25 or rank_bm25.BM25Okapi: untyped packages
         if self.backend == "bm25s":
             import bm25s
 
@@ -212,11 +212,11 @@ class BM25Index:
         if not terms:
             return np.zeros(n, dtype=np.float32)
         if self.backend == "bm25s":
-            ids = self._model.get_tokens_ids(terms)  # type: ignore[attr-defined]
+            ids = self._model.get_tokens_ids(terms)
             if not ids:
                 return np.zeros(n, dtype=np.float32)
-            return np.asarray(self._model.get_scores(ids), dtype=np.float32)  # type: ignore[attr-defined]
-        return np.asarray(self._model.get_scores(terms), dtype=np.float32)  # type: ignore[attr-defined]
+            return np.asarray(self._model.get_scores(ids), dtype=np.float32)
+        return np.asarray(self._model.get_scores(terms), dtype=np.float32)
 
     def search(self, query: str | Sequence[str], k: int = 5, *, allowed: np.ndarray | None = None) -> list[SearchHit]:
         """Top-``k`` passages with a positive score, best first (ties broken by corpus order); fewer

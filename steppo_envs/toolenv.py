@@ -34,7 +34,7 @@ import gymnasium as gym
 
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
 from steppo_envs.config import ConfigError, build_config, check_all, renamed_options, with_max_steps
-from steppo_envs.contract import check_can_step, make_info, pick_task_index, text_space
+from steppo_envs.contract import check_can_step, check_render_mode, make_info, pick_task_index, text_space
 from steppo_envs.function_tools import FunctionTool, function_tool, tool_result_text
 from steppo_envs.plugins import check_env_id, check_reregistration
 from steppo_envs.render import Section, render_sections, truncate_text
@@ -293,9 +293,7 @@ class ToolEnv(gym.Env[str, str]):
         self.definition = definition
         self.config = build_config(ToolEnvConfig, config if config is not None else definition.config, overrides)
         _validate(self.config)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode {render_mode!r} is not supported: use None or 'ansi'.")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode)
         self.tools: tuple[ToolSpec, ...] = definition.specs
         self.system_prompt = system_prompt(definition, self.config)
         self.observation_space, self.action_space = text_space(), text_space()

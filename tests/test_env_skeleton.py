@@ -122,6 +122,12 @@ def test_a_finished_episode_cannot_be_stepped() -> None:
     assert isinstance(env.step("hm")[0], str)  # a new episode steps again
 
 
+def test_render_mode_is_none_or_ansi_in_every_env() -> None:
+    assert YesNo(render_mode="ansi").render_mode == "ansi" and YesNo().render() is None
+    with pytest.raises(ConfigError, match="render_mode 'human' is not supported: use None or 'ansi'"):
+        YesNo(render_mode="human")
+
+
 # -- check_step_env catches each broken rule ----------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import gymnasium as gym
 
 from steppo_envs.config import ConfigError, build_config, check_all
-from steppo_envs.contract import optional_import, pick_task_index, text_space
+from steppo_envs.contract import check_render_mode, optional_import, pick_task_index, text_space
 from steppo_envs.paths import resolve_data_dir
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
 from steppo_envs.textworld_env.episode import GAME_INDEX_ALIAS, EpisodeSettings, GameEpisode
@@ -148,11 +148,9 @@ class ALFWorldEnv(gym.Env[str, str]):
                 overrides[key] = tuple(overrides[key])
         self.config = build_config(ALFWorldConfig, config, overrides)
         _validate(self.config)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode {render_mode!r} is not supported: use None or 'ansi'.")
         optional_import("textworld", "alfworld")
         optional_import("alfworld.agents.environment.alfred_tw_env", "alfworld")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode)
         cfg = self.config
         self.games: list[AlfGame] = (
             _user_games(cfg.game_files) if cfg.game_files else list_games(cfg.data_dir, cfg.split, cfg.task_types)

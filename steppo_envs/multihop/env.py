@@ -16,7 +16,7 @@ import gymnasium as gym
 
 from steppo_envs.actions import ParsedAction, clean_action_text, format_hint, parse_action
 from steppo_envs.config import ConfigError, build_config, check_all, renamed_options, with_max_steps
-from steppo_envs.contract import check_can_step, make_info, pick_task_index, text_space
+from steppo_envs.contract import check_can_step, check_render_mode, make_info, pick_task_index, text_space
 from steppo_envs.metrics import best_f1, exact_match
 from steppo_envs.multihop.data import (
     SUBDIR,
@@ -188,9 +188,7 @@ class MultiHopQAEnv(gym.Env[str, str]):
     def __init__(self, config: MultiHopQAConfig | None = None, *, render_mode: str | None = None, **overrides: Any) -> None:
         self.config = build_config(MultiHopQAConfig, config, overrides)
         _validate(self.config)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode {render_mode!r} is not supported: use None or 'ansi'.")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode)
         cfg = self.config
         data = load_task_data(cfg.data_dir, cfg.split, cfg.search_backend, cfg.title_weight, cfg.cache_index)
         self.examples = data.examples

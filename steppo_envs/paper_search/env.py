@@ -18,7 +18,7 @@ import gymnasium as gym
 
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
 from steppo_envs.config import ConfigError, build_config, check_all, renamed_options, with_max_steps
-from steppo_envs.contract import check_can_step, make_info, pick_task_index, text_space
+from steppo_envs.contract import check_can_step, check_render_mode, make_info, pick_task_index, text_space
 from steppo_envs.paper_search.data import (
     SPLITS,
     PaperSearchResources,
@@ -256,9 +256,7 @@ class PaperSearchEnv(gym.Env[str, str]):
     ) -> None:
         self.config = build_config(PaperSearchConfig, config, overrides)
         _validate(self.config)
-        if render_mode not in (None, "ansi"):
-            raise ConfigError(f"render_mode={render_mode!r} is not supported: use None or 'ansi'.")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode)
         cfg = self.config
         self.tasks, self.resources = _tasks_and_resources(cfg)
         self.reward_fn: RewardFn = (

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import gymnasium as gym
 
-from steppo_envs.config import ConfigError, build_config, check_all
-from steppo_envs.contract import optional_import, pick_task_index, text_space
+from steppo_envs.config import build_config, check_all
+from steppo_envs.contract import check_render_mode, optional_import, pick_task_index, text_space
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
 from steppo_envs.textworld_env.episode import GAME_INDEX_ALIAS, EpisodeSettings, GameEpisode
 from steppo_envs.textworld_env.games import (
@@ -113,10 +113,8 @@ class TextWorldEnv(gym.Env[str, str]):
             overrides["game_files"] = tuple(overrides["game_files"])
         self.config = build_config(TextWorldConfig, config, overrides)
         _validate(self.config)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode {render_mode!r} is not supported: use None or 'ansi'.")
         optional_import("textworld", "textworld")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode)
         cfg = self.config
         self.games: list[GameRef] = (
             user_game_refs(cfg.game_files)
