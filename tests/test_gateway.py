@@ -486,3 +486,21 @@ def test_cli_errors_are_one_line_naming_the_fix(args: list[str], needle: str, tm
     assert main(["gateway", "--output", str(tmp_path / "gw.jsonl"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("steppo: error: ") and needle in err and "\n" not in err
+
+
+def test_an_unreachable_inference_server_is_a_502(tmp_path: Path) -> None:
+    from steppo_agent.gateway import start_gateway
+    from steppo_agent.policies import PolicyConfig, make_policy
+
+    policy = make_policy(PolicyConfig(backend="openai", base_urls=[f"http://127.0.0.1:{_free_port()}"],
+                                      served_model_name="smollm2-135m", max_retries=0, timeout_s=5))
+    try:
+        with start_gateway(policy, GatewayConfig(output=tmp_path / "gw.jsonl", port=0)) as gw:
+            with pytest.raises(openai.APIStatusError, match="no OpenAI-compatible server answered") as err:
+                client(gw, "down").chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "hi"}])
+            assert err.value.status_code == 502
+            open_episodes = httpx.get(gw.url.removesuffix("/v1") + "/steppo/v1/episodes").json()["open"]
+            assert open_episodes == [{"id": "down", "steps": 0, "pending": 0}]
+    finally:
+        policy.close()
+    assert records(tmp_path / "gw.jsonl") == {}  # an episode whose only request failed leaves no record
