@@ -45,7 +45,7 @@ def latency(env_id: str, overrides: dict[str, object], episodes: int, steps: int
     resets, step_times = [], []
     for ep in range(episodes):
         t = time.perf_counter()
-        _, info = env.reset(seed=ep, options={"game_index": ep % len(env.unwrapped.games)})
+        _, info = env.reset(seed=ep, options={"task_index": ep % len(env.unwrapped.games)})
         resets.append(time.perf_counter() - t)
         for _ in range(steps):
             cmd = _commands(info, rng)

@@ -27,10 +27,10 @@ from steppo_envs.fuzzing import FuzzReport, fuzz_env
 
 #: Small instances of the bundled envs (the data they need must be in the data folder).
 OPTIONS: dict[str, dict[str, Any]] = {
-    "steppo/MultiHopQA-v0": {"dataset": "eval"},
+    "steppo/MultiHopQA-v0": {"split": "eval"},
     "steppo/TextWorld-v0": {"preset": "cooking", "level": 1, "pool_size": 4, "max_steps": 25, "progress": False},
     "steppo/ALFWorld-v0": {"split": "valid_seen", "max_steps": 40},
-    "steppo/PaperSearch-v0": {"split": "test", "show_progress": False},
+    "steppo/PaperSearch-v0": {"split": "test", "progress": False},
 }
 
 
