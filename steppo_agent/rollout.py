@@ -21,37 +21,34 @@ raises (``truncation_reason="env_error"``, with a warning). A :class:`Generation
 ``finish_reason="error"`` is a normal step: its text (often empty) goes to the env, which records an
 invalid action.
 
-Env workers: with ``env_workers = W > 0`` the envs live in ``W`` worker processes (spawned, not forked:
-the parent may hold an inference engine and its threads). Episode slot ``k`` (one env, reused by the
-next episode that takes the slot) lives in worker ``k % W``; each round sends each worker one
-message with all its resets / steps, so slow envs (TextWorld, BM25 search) step in parallel.
+Env workers: with ``env_workers = W > 0`` the envs live in ``W`` worker processes
+(:class:`~steppo_agent.env_pool.EnvPool`), so slow envs (TextWorld, BM25 search) step in parallel.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import hashlib
-import importlib
-import multiprocessing as mp
-import signal
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from pydantic import Field, model_validator
+
+from steppo_agent.config_model import ConfigModel
+from steppo_agent.env_pool import EnvPool, EnvResult, resolve_env_spec
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import PolicyInfo, SamplingConfig, Step, Trajectory
 from steppo_envs.actions import clean_action_text
 from steppo_envs.config import ConfigError, UserError
 from steppo_envs.progress import progress_bar
 
-__all__ = ["STATIC_INFO_KEYS", "EnvPool", "EnvResult", "EnvSetupError", "OutputExistsError", "RenderFn", "RolloutConfig",
-           "RolloutStats", "check_env", "check_output", "derive_seed", "make_checked_env", "replace_sampling",
-           "resolve_env_spec", "resumed_ids", "run_rollout", "trajectory_id"]
+__all__ = ["STATIC_INFO_KEYS", "EnvSetupError", "OutputExistsError", "RenderFn", "RolloutConfig", "RolloutStats",
+           "check_env", "check_output", "derive_seed", "make_checked_env", "resolve_env_spec", "resumed_ids",
+           "run_rollout", "trajectory_id"]
 
 RenderFn = Callable[[Any, str, str, list[dict[str, Any]]], list[int]]
 """``(tokenizer, system_prompt, observation, tools) -> prompt ids`` (default: ``render_prompt_ids``)."""
@@ -60,58 +57,45 @@ RenderFn = Callable[[Any, str, str, list[dict[str, Any]]], list[int]]
 STATIC_INFO_KEYS: tuple[str, ...] = ("system_prompt", "tools", "action")
 
 
-@dataclass
-class RolloutConfig:
-    """What to roll out and where to write it.
+class RolloutConfig(ConfigModel):
+    """What to roll out and where to write it. Bad values raise :class:`~steppo_envs.config.ConfigError`
+    naming the fix; fields may be assigned after construction (the CLI turns ``validate_env`` off once
+    it has checked the env), and :meth:`run_rollout` takes the config as it then is."""
 
-    Attributes:
-        env_id: a registered id (``steppo/MultiHopQA-v0``) or ``"module:id"`` (the module is imported
-            first, so it can register its own env).
-        env_kwargs: keyword options for ``gymnasium.make`` (the env's config fields).
-        num_tasks: how many tasks (reset seeds) to play.
-        group_size: samples per task; they share the reset seed and ``group_id``. Use > 1 with
-            temperature > 0 (greedy samples of one task are identical).
-        seed: the first task's reset seed; task ``i`` uses ``seed + i``.
-        sampling: temperature / top_p / max_tokens / stop / seed for every policy call.
-        env_workers: 0 = envs step in this process; ``W > 0`` = ``W`` worker processes.
-        max_active: most episodes in flight at once (one batch row each); ``None`` = all of them.
-        output: JSONL file that receives each finished trajectory; ``None`` = keep in memory only.
-        resume: when ``output`` exists, skip the trajectory ids already in it and append the rest.
-        progress: show progress (a tqdm bar on a terminal, a plain line every 30 s in a log).
-        validate_env: before the first episode, build one env and reset it (:func:`check_env`), so a
-            misspelt option, a bad value, missing data or a missing extra raises a
-            :class:`~steppo_envs.UserError` before anything is written.
-    """
+    fix_hints: ClassVar[dict[str, str]] = {
+        "num_tasks": "pass --num-tasks 1 or more", "group_size": "pass --group-size 1 or more",
+        "env_workers": "use env_workers=0 (--workers 0) to step envs in this process",
+        "max_active": "use max_active=None (all episodes at once) or a number >= 1 (--max-active)",
+    }
 
-    env_id: str
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    num_tasks: int = 1
-    group_size: int = 1
-    seed: int = 0
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    env_workers: int = 0
-    max_active: int | None = None
-    output: str | Path | None = None
-    resume: bool = False
-    progress: bool = True
-    validate_env: bool = True
+    env_id: str = Field(description=(
+        'A registered id (steppo/MultiHopQA-v0) or "module:id" (the module is imported first, so it can register '
+        "its own env)."))
+    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword options for gymnasium.make (the env's config fields).")
+    num_tasks: int = Field(1, ge=1, description="How many tasks (reset seeds) to play.")
+    group_size: int = Field(1, ge=1, description=(
+        "Samples per task; they share the reset seed and group_id. Use > 1 with temperature > 0 (greedy samples of "
+        "one task are identical)."))
+    seed: int = Field(0, description="The first task's reset seed; task i uses seed + i.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description=(
+        "temperature / top_p / max_tokens / stop / seed for every policy call."))
+    env_workers: int = Field(0, ge=0, description="0 = envs step in this process; W > 0 = W worker processes.")
+    max_active: int | None = Field(None, ge=1, description="Most episodes in flight at once (one batch row each); None = all of them.")
+    output: str | Path | None = Field(None, description="JSONL file that receives each finished trajectory; None = keep in memory only.")
+    resume: bool = Field(False, description="When output exists, skip the trajectory ids already in it and append the rest.")
+    progress: bool = Field(True, description="Show progress (a tqdm bar on a terminal, a plain line every 30 s in a log).")
+    validate_env: bool = Field(True, description=(
+        "Before the first episode, build one env and reset it (check_env), so a misspelt option, a bad value, missing "
+        "data or a missing extra raises a UserError before anything is written."))
 
-    def __post_init__(self) -> None:
-        if self.num_tasks < 1:
-            raise ConfigError(f"num_tasks={self.num_tasks} must be >= 1: pass --num-tasks 1 or more.")
-        if self.group_size < 1:
-            raise ConfigError(f"group_size={self.group_size} must be >= 1: pass --group-size 1 or more.")
-        if self.env_workers < 0:
-            raise ConfigError(f"env_workers={self.env_workers} must be >= 0: use 0 to step envs in this process.")
-        if self.max_active is not None and self.max_active < 1:
-            raise ConfigError(f"max_active={self.max_active} must be >= 1, or None for all episodes at once.")
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RolloutConfig:
         if self.group_size > 1 and self.sampling.temperature == 0.0:
             raise ConfigError(f"group_size={self.group_size} with temperature 0 gives identical samples: "
-                             "set a temperature > 0 or use group_size=1.")
+                              "set a temperature > 0 or use group_size=1.")
         if self.resume and self.output is None:
             raise ConfigError("resume=True needs an output file: set output (--output FILE) to the file to continue.")
-        if not isinstance(self.sampling, SamplingConfig):
-            raise TypeError(f"sampling must be a SamplingConfig, not {type(self.sampling).__name__}: use SamplingConfig(...).")
+        return self
 
     @property
     def num_episodes(self) -> int:
@@ -156,37 +140,6 @@ def derive_seed(base: int | None, task_seed: int, sample: int, step: int) -> int
 def trajectory_id(task_seed: int, sample: int) -> str:
     """The stable record id of sample ``sample`` of the task with reset seed ``task_seed``."""
     return f"{task_seed}-{sample}"
-
-
-@dataclass
-class EnvResult:
-    """What one ``reset`` / ``step`` returned (``error`` is set, and the rest empty, if it raised)."""
-
-    observation: str = ""
-    reward: float = 0.0
-    terminated: bool = False
-    truncated: bool = False
-    info: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-def resolve_env_spec(env_id: str) -> Any:
-    """The Gymnasium ``EnvSpec`` of ``env_id``; ``"module:id"`` imports ``module`` first (it may register ``id``)."""
-    import gymnasium
-
-    import steppo_envs  # noqa: F401  (registers the bundled ids)
-
-    name = env_id
-    if ":" in env_id:
-        module, _, name = env_id.partition(":")
-        importlib.import_module(module)
-    try:
-        return gymnasium.spec(name)
-    except gymnasium.error.Error as exc:
-        raise ConfigError(
-            f"unknown environment {name!r} ({exc}): run `steppo envs` for the registered ids, "
-            "or pass 'module:namespace/Name-v0' to import the module that registers it."
-        ) from None
 
 
 class EnvSetupError(UserError, RuntimeError):
@@ -257,132 +210,21 @@ def resumed_ids(config: RolloutConfig, policy: tuple[str, str] | None = None) ->
     return read_ids(out, env_id=config.env_id, env_kwargs=config.env_kwargs, sampling=config.sampling, policy=policy)
 
 
-_Command = tuple[str, int, Any]  # ("reset", slot, seed) or ("step", slot, response text)
-
-
-class _LocalEnvs:
-    """One env per slot in this process, created on first use."""
-
-    def __init__(self, spec: Any, env_kwargs: dict[str, Any]) -> None:
-        self.spec, self.env_kwargs = spec, dict(env_kwargs)
-        self.envs: dict[int, Any] = {}
-
-    def run(self, commands: Sequence[_Command]) -> list[EnvResult]:
-        import gymnasium
-
-        out: list[EnvResult] = []
-        for op, slot, arg in commands:
-            try:
-                if slot not in self.envs:
-                    self.envs[slot] = gymnasium.make(self.spec, **self.env_kwargs)
-                env = self.envs[slot]
-                if op == "reset":
-                    obs, info = env.reset(seed=int(arg))
-                    out.append(EnvResult(observation=obs, info=dict(info)))
-                else:
-                    obs, reward, terminated, truncated, info = env.step(arg)
-                    out.append(EnvResult(obs, float(reward), bool(terminated), bool(truncated), dict(info)))
-            except Exception as exc:  # an env bug ends that episode, not the rollout
-                out.append(EnvResult(error=f"{type(exc).__name__}: {exc}"))
-        return out
-
-    def close(self) -> None:
-        for env in self.envs.values():
-            env.close()
-        self.envs.clear()
-
-
-def _worker_main(conn: Any, spec: Any, env_kwargs: dict[str, Any]) -> None:
-    """Worker process loop: receive a list of commands, answer a list of :class:`EnvResult`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent
-    envs = _LocalEnvs(spec, env_kwargs)
-    try:
-        while True:
-            commands = conn.recv()
-            if commands is None:
-                break
-            conn.send(envs.run(commands))
-    except (EOFError, KeyboardInterrupt):
-        pass
-    finally:
-        envs.close()
-
-
-class _WorkerEnvs:
-    """Envs in ``n`` spawned worker processes; slot ``k`` lives in worker ``k % n``."""
-
-    def __init__(self, spec: Any, env_kwargs: dict[str, Any], n: int) -> None:
-        ctx = mp.get_context("spawn")
-        self.conns: list[Any] = []
-        self.procs: list[Any] = []
-        for _ in range(n):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, spec, dict(env_kwargs)), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-
-    def run(self, commands: Sequence[_Command]) -> list[EnvResult]:
-        n = len(self.conns)
-        batches: list[list[int]] = [[] for _ in range(n)]
-        for i, (_, slot, _) in enumerate(commands):
-            batches[slot % n].append(i)
-        for w, idx in enumerate(batches):
-            if idx:
-                self.conns[w].send([commands[i] for i in idx])
-        out: list[EnvResult | None] = [None] * len(commands)
-        for w, idx in enumerate(batches):
-            if not idx:
-                continue
-            try:
-                answers = self.conns[w].recv()
-            except EOFError:
-                raise RuntimeError(f"env worker {w} died (exit code {self.procs[w].exitcode}): "
-                                   "run with --workers 0 to see the error.") from None
-            for i, res in zip(idx, answers, strict=True):
-                out[i] = res
-        return [r for r in out if r is not None]
-
-    def close(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                conn.send(None)
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-
-
-class EnvPool:
-    """The env slots of one rollout: in this process (``workers=0``) or in worker processes."""
-
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any], workers: int = 0) -> None:
-        spec = resolve_env_spec(env_id)
-        self._impl: _LocalEnvs | _WorkerEnvs = _WorkerEnvs(spec, env_kwargs, workers) if workers > 0 else _LocalEnvs(spec, env_kwargs)
-
-    def reset_many(self, items: Sequence[tuple[int, int]]) -> list[EnvResult]:
-        """Reset slot ``s`` with ``seed`` for each ``(s, seed)``."""
-        return self._impl.run([("reset", slot, seed) for slot, seed in items])
-
-    def step_many(self, items: Sequence[tuple[int, str]]) -> list[EnvResult]:
-        """Step slot ``s`` with the raw response ``text`` for each ``(s, text)``."""
-        return self._impl.run([("step", slot, text) for slot, text in items])
-
-    def close(self) -> None:
-        self._impl.close()
+EpisodeState = Literal["active", "ended"]
 
 
 @dataclass
 class _Episode:
-    """An episode in flight (internal)."""
+    """An episode in flight (internal): ``active`` from its reset until it ends, then ``ended`` (its
+    trajectory finished and handed on; its slot goes back to the pool)."""
 
     slot: int
     task_seed: int
     sample: int
+    traj: Trajectory
     observation: str = ""
     info: dict[str, Any] = field(default_factory=dict)
-    traj: Trajectory | None = None
+    state: EpisodeState = "active"
     prompt_ids: list[int] = field(default_factory=list)
 
 
@@ -405,22 +247,23 @@ class _Runner:
         self.finish_cb, self.on_step = finish, on_step
         self.policy_info = PolicyInfo(backend=policy.backend, model=policy.model, version=int(policy.version))
 
-    def _start(self, ep: _Episode, result: EnvResult) -> None:
-        ep.observation, ep.info = result.observation, result.info
+    def start(self, slot: int, task_seed: int, sample: int, result: EnvResult) -> _Episode:
+        """The episode that ``result`` (its reset) begins in ``slot``; ended at once if the reset raised."""
         info = result.info
-        ep.traj = Trajectory(
-            id=trajectory_id(ep.task_seed, ep.sample), env_id=self.config.env_id, env_kwargs=dict(self.config.env_kwargs),
-            task_id=str(info.get("task_id", "")), seed=ep.task_seed, group_id=str(ep.task_seed),
+        traj = Trajectory(
+            id=trajectory_id(task_seed, sample), env_id=self.config.env_id, env_kwargs=dict(self.config.env_kwargs),
+            task_id=str(info.get("task_id", "")), seed=task_seed, group_id=str(task_seed),
             system_prompt=str(info.get("system_prompt", "")), tools=list(info.get("tools") or []),
             policy=self.policy_info, sampling=self.config.sampling,
         )
+        ep = _Episode(slot, task_seed, sample, traj, observation=result.observation, info=info)
         if result.error is not None:
             self._end(ep, truncated=True, reason="env_error", error=result.error)
+        return ep
 
     def _end(self, ep: _Episode, *, terminated: bool = False, truncated: bool = False,
              reason: str | None = None, error: str | None = None) -> None:
         traj = ep.traj
-        assert traj is not None
         traj.terminated, traj.truncated = terminated, truncated
         traj.truncation_reason = reason if truncated else None
         traj.return_ = float(sum(s.reward for s in traj.steps))
@@ -429,7 +272,7 @@ class _Runner:
         traj.metrics = {k: float(v) for k, v in (ep.info.get("metrics") or {}).items()}
         if error is not None:
             warnings.warn(f"episode {traj.id}: the environment raised {error}; recorded as truncated (env_error).", stacklevel=2)
-        ep.traj = None
+        ep.state = "ended"
         self.stats.episodes += 1
         self.finish_cb(traj)
 
@@ -438,7 +281,6 @@ class _Runner:
         sampling = self.config.sampling
         ready: list[_Episode] = []
         for ep in active:
-            assert ep.traj is not None
             ep.prompt_ids = self.render(self.policy.tokenizer, str(ep.info.get("system_prompt", "")),
                                         ep.observation, list(ep.info.get("tools") or []))
             if len(ep.prompt_ids) + sampling.max_tokens > self.policy.max_model_len:
@@ -447,11 +289,11 @@ class _Runner:
                 ready.append(ep)
         if not ready:
             return
-        seeds = [derive_seed(sampling.seed, ep.task_seed, ep.sample, len(ep.traj.steps)) for ep in ready]  # type: ignore[union-attr]
+        seeds = [derive_seed(sampling.seed, ep.task_seed, ep.sample, len(ep.traj.steps)) for ep in ready]
         t0 = time.perf_counter()
         prompts = [ep.prompt_ids for ep in ready]
-        if getattr(self.policy, "wants_infos", False):  # e.g. the expert policy reads info["extra"]
-            gens = self.policy.generate(prompts, sampling, seeds=seeds, infos=[ep.info for ep in ready])  # type: ignore[call-arg]
+        if self.policy.wants_infos:  # e.g. the expert policy reads info["extra"]
+            gens = self.policy.generate(prompts, sampling, seeds=seeds, infos=[ep.info for ep in ready])
         else:
             gens = self.policy.generate(prompts, sampling, seeds=seeds)
         t1 = time.perf_counter()
@@ -467,7 +309,6 @@ class _Runner:
 
     def _record(self, ep: _Episode, gen: Generation, text: str, res: EnvResult) -> None:
         traj = ep.traj
-        assert traj is not None
         self.stats.steps, self.stats.response_tokens = self.stats.steps + 1, self.stats.response_tokens + len(gen.token_ids)
         self.stats.prompt_tokens += len(ep.prompt_ids)
         if res.error is not None:
@@ -518,6 +359,9 @@ def run_rollout(
     from steppo_agent.trajectory_io import TrajectoryWriter
 
     render_fn = render or render_prompt_ids
+    if not isinstance(getattr(policy, "wants_infos", None), bool):  # a user's policy class (--policy)
+        raise ConfigError(f"policy {type(policy).__name__} does not declare wants_infos (see the Policy protocol): add "
+                          "the class attribute wants_infos = False (True to receive each episode's env info).")
     check_output(config)
     done_ids = resumed_ids(config, (policy.backend, policy.model))
     todo = deque((config.seed + i, j) for i in range(config.num_tasks) for j in range(config.group_size)
@@ -549,16 +393,15 @@ def run_rollout(
     start = time.perf_counter()
     try:
         while todo or active:
-            new: list[_Episode] = []
+            new: list[tuple[int, int, int]] = []  # (slot, task seed, sample)
             while free and todo:
                 task_seed, sample = todo.popleft()
-                new.append(_Episode(slot=free.pop(), task_seed=task_seed, sample=sample))
+                new.append((free.pop(), task_seed, sample))
             if new:
-                for ep, res in zip(new, envs.reset_many([(ep.slot, ep.task_seed) for ep in new]), strict=True):
-                    active[ep.slot] = ep
-                    runner._start(ep, res)
-            runner.round([ep for ep in active.values() if ep.traj is not None])
-            for slot in [s for s, ep in active.items() if ep.traj is None]:
+                for (slot, task_seed, sample), res in zip(new, envs.reset_many([(s, t) for s, t, _ in new]), strict=True):
+                    active[slot] = runner.start(slot, task_seed, sample, res)
+            runner.round([ep for ep in active.values() if ep.state == "active"])
+            for slot in [s for s, ep in active.items() if ep.state == "ended"]:
                 del active[slot]
                 free.append(slot)
             stats.wall_seconds = time.perf_counter() - start
@@ -571,9 +414,4 @@ def run_rollout(
             writer.close()
     results.sort(key=lambda t: (t.seed, int(t.id.rsplit("-", 1)[1])))
     return results
-
-
-def replace_sampling(config: RolloutConfig, **changes: Any) -> RolloutConfig:
-    """A copy of ``config`` with some sampling fields changed (e.g. ``temperature=0`` for eval)."""
-    return dataclasses.replace(config, sampling=SamplingConfig(**{**config.sampling.model_dump(), **changes}))
 

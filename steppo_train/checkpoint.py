@@ -58,7 +58,7 @@ def save_checkpoint(
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    actor.save_pretrained(tmp / "actor")  # type: ignore[operator]
+    actor.save_pretrained(tmp / "actor")  # type: ignore[operator]  # PreTrainedModel.save_pretrained on an nn.Module
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "actor")
     if critic is not None:

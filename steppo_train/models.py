@@ -63,14 +63,11 @@ class ModelConfig:
             accepted too); the critic's value head stays fp32.
         gradient_checkpointing: recompute layer activations in the backward pass (less memory,
             ~10-20% slower); active only while the model is in ``train()`` mode.
-        value_head_init_std: std of the normal init of the critic's value-head weight (bias 0);
-            small so initial values are near 0, but non-zero so gradients reach the backbone.
     """
 
     path: str
     dtype: Dtype = "fp32"
     gradient_checkpointing: bool = False
-    value_head_init_std: float = 1e-2
     trainable_layers: int | None = None
     """Train only the top N transformer blocks and the final norm (and the critic's value head);
     embeddings and the LM head stay frozen. ``None`` trains every weight."""
@@ -83,7 +80,7 @@ def _torch_dtype(dtype: Dtype) -> torch.dtype:
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]  # a transformers PreTrainedModel method; nn.Module's __getattr__ types it as Tensor | Module
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "use_cache"):
         config.use_cache = False
@@ -157,7 +154,7 @@ def load_critic(config: ModelConfig) -> Critic:
         freeze_lower_layers(backbone, config.trainable_layers)
     if config.gradient_checkpointing:
         _enable_checkpointing(backbone)
-    return Critic(backbone, int(backbone.config.hidden_size), config.value_head_init_std)
+    return Critic(backbone, int(backbone.config.hidden_size))
 
 
 def padded_width(longest: int, pad_multiple: int = 1) -> int:
@@ -308,8 +305,9 @@ def response_token_stats(
     if total == 0:
         empty = [torch.zeros(0, device=device) for _ in counts]
         return TokenStats(empty, [e.clone() for e in empty] if with_entropy else None)
-    decoder = model.get_decoder()  # type: ignore[operator]
-    head = model.get_output_embeddings()  # type: ignore[operator]
+    # PreTrainedModel methods; nn.Module's __getattr__ types them as Tensor | Module
+    decoder = model.get_decoder()  # type: ignore[operator]  # see above
+    head = model.get_output_embeddings()  # type: ignore[operator]  # see above
     hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
     sel = _predicting_positions(prompt_ids_list, response_ids_list, ids.shape[1], device)
     h = hidden[sel]  # [total, hidden], row-major: sample by sample, token by token

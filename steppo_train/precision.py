@@ -110,7 +110,8 @@ def bf16_slowdown(budget_s: float = 0.1, size: tuple[int, int, int] = (64, 576, 
 def describe_cpu() -> str:
     """One line for benchmark output: the CPU model, its vector/bf16 flags, torch's capability and
     any instruction-set cap (what every reported figure needs beside it)."""
-    model, flags = "unknown CPU", set()
+    model = "unknown CPU"
+    flags: set[str] = set()
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from steppo_agent.analysis import summarize
-from steppo_agent.records import SamplingConfig, Trajectory
+from steppo_agent.records import Trajectory
 from steppo_envs.config import ConfigError
 from steppo_train.checkpoint import latest_checkpoint, rewind_outputs
 from steppo_train.config import TrainConfig
@@ -31,10 +31,7 @@ def _rollout_config(config: TrainConfig, iteration: int, path: Path) -> RolloutC
         num_tasks=config.tasks_per_iteration,
         group_size=config.group_size,
         seed=config.seed + iteration * config.tasks_per_iteration,
-        sampling=SamplingConfig(
-            temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
-            seed=config.seed * 1_000_003 + iteration,
-        ),
+        sampling=config.sampling.model_copy(update={"seed": config.seed * 1_000_003 + iteration}),
         env_workers=config.env_workers,
         output=path,
         resume=True,
@@ -71,7 +68,7 @@ def evaluate(config: TrainConfig, policy: Policy, iteration: int, out_dir: Path)
         num_tasks=config.eval_tasks,
         group_size=1,
         seed=1_000_000,
-        sampling=SamplingConfig(temperature=0.0, max_tokens=config.max_tokens),
+        sampling=config.sampling.model_copy(update={"temperature": 0.0, "seed": None}),
         env_workers=config.env_workers,
         output=path,
         progress=True,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from steppo_train.config import TrainConfig
 from steppo_train.logging_utils import MetricsLogger, iteration_line, plot_metrics
 from steppo_train.memory import PhaseMemory, release_free_memory
 from steppo_train.models import (
+    Critic,
     ModelConfig,
     load_actor,
     load_critic,
@@ -67,17 +68,17 @@ class TrainResult:
 
     output_dir: Path
     actor: nn.Module
-    critic: nn.Module | None
+    critic: Critic | None
 
     @property
     def metrics_path(self) -> Path:
         return self.output_dir / "metrics.jsonl"
 
 
-def init_value_head(critic: nn.Module, seed: int, std: float = 1e-2) -> None:
+def init_value_head(critic: Critic, seed: int, std: float = 1e-2) -> None:
     """Initialise the critic's value head from ``seed`` (no global RNG), so runs are reproducible."""
     g = torch.Generator().manual_seed(seed)
-    head = critic.value_head  # type: ignore[union-attr]
+    head = critic.value_head
     with torch.no_grad():
         head.weight.copy_(torch.randn(head.weight.shape, generator=g) * std)
         head.bias.zero_()
@@ -92,16 +93,21 @@ def _dist() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+BatchFn = Callable[[list[list[int]], list[list[int]]], Sequence[torch.Tensor]]
+"""``(prompts of a micro-batch, their responses) -> one tensor per row``."""
+
+
 @torch.no_grad()
-def _batched(fn, prompts, responses, token_budget, pad_multiple=1):  # type: ignore[no-untyped-def]
-    """Run ``fn(prompts_mb, responses_mb) -> list`` over micro-batches packed by token budget, in row
-    order; results come back on the CPU (targets and logging live there)."""
-    out: list = [None] * len(prompts)
+def _batched(fn: BatchFn, prompts: list[list[int]], responses: list[list[int]], token_budget: int,
+             pad_multiple: int = 1) -> list[torch.Tensor]:
+    """Run ``fn`` over micro-batches packed by token budget, in row order; results come back on the
+    CPU (targets and logging live there)."""
+    out: dict[int, torch.Tensor] = {}
     for mb in pack_microbatches(list(zip(prompts, responses, strict=True)), token_budget, pad_multiple):
         res = fn([prompts[i] for i in mb], [responses[i] for i in mb])
         for i, r in zip(mb, res, strict=True):
             out[i] = r.detach().cpu()
-    return out
+    return [out[i] for i in range(len(prompts))]
 
 
 def _allreduce_grads(params: list[nn.Parameter], world: int) -> None:
@@ -125,7 +131,7 @@ class Run:
     device: torch.device
     out_dir: Path
     actor: nn.Module
-    critic: nn.Module | None
+    critic: Critic | None
     reference: nn.Module | None
     optimizers: dict[str, torch.optim.Optimizer]
     state: CheckpointState
@@ -145,11 +151,11 @@ class Run:
         model = self.actor if name == "actor" else self.critic
         return [p for p in model.parameters() if p.requires_grad] if model is not None else []
 
-    def batched(self, fn: Callable[[list[list[int]], list[list[int]]], Any], batch: StepBatch) -> list[torch.Tensor]:
+    def batched(self, fn: BatchFn, batch: StepBatch) -> list[torch.Tensor]:
         return _batched(fn, batch.prompt_ids, batch.response_ids, self.config.token_budget, self.config.pad_multiple)
 
 
-def _models(config: TrainConfig, model_path: str, device: torch.device) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
+def _models(config: TrainConfig, model_path: str, device: torch.device) -> tuple[nn.Module, Critic | None, nn.Module | None]:
     """Actor, critic (steppo/ppo) and frozen reference (``kl_coef > 0``) on ``device``."""
     from steppo_agent.default_model import resolve_model
 
@@ -157,7 +163,7 @@ def _models(config: TrainConfig, model_path: str, device: torch.device) -> tuple
                                    trainable_layers=config.trainable_layers)).to(device)
     critic = None
     if config.uses_critic:
-        critic = load_critic(ModelConfig(resolve_model(config.critic_model or config.model), config.dtype,
+        critic = load_critic(ModelConfig(resolve_model(config.critic_model or config.policy.model), config.dtype,
                                          config.gradient_checkpointing, trainable_layers=config.trainable_layers))
         init_value_head(critic, config.seed)
         critic.to(device)
@@ -176,12 +182,9 @@ def _rollout_source(run: Run, policy: Policy | None) -> None:
         if not run.offline:
             raise ConfigError(f"no trajectories in {config.from_trajectories}: check the files or run `steppo rollout` first.")
     elif run.rank == 0 and policy is None:
-        from steppo_agent.policies import PolicyConfig, make_policy
+        from steppo_agent.policies import make_policy
 
-        policy = make_policy(PolicyConfig(
-            backend=config.backend, model=config.model, max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib,
-            **({"base_urls": config.base_urls} if config.base_urls else {}),
-        ))
+        policy = make_policy(config.policy)
         run.owns_policy = True
     run.policy = policy
 
@@ -197,7 +200,7 @@ def setup(config: TrainConfig, policy: Policy | None = None) -> Run:
     rank, world = _dist()
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model(config.model)
+    model_path = resolve_model(config.policy.model)
     preflight(config)
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     actor, critic, reference = _models(config, model_path, device)
@@ -229,7 +232,11 @@ def collect_phase(run: Run, iteration: int) -> list[Trajectory]:
     """1. Episodes for this iteration: the next offline slice, or a rollout on rank 0 broadcast to all ranks."""
     if run.offline:
         return offline_batch(run.config, run.offline, iteration)
-    box: list[Any] = [collect(run.config, run.policy, iteration, run.out_dir) if run.rank == 0 else None]
+    box: list[Any] = [None]
+    if run.rank == 0:
+        if run.policy is None:  # setup builds one on rank 0 unless the run trains offline
+            raise RuntimeError("no rollout policy on rank 0: setup() builds one unless from_trajectories is set.")
+        box[0] = collect(run.config, run.policy, iteration, run.out_dir)
     if run.world > 1:
         dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -261,9 +268,10 @@ def score_phase(run: Run, batch: StepBatch) -> tuple[list[torch.Tensor], list[to
             metrics = {"rollout/logprob_gap_mean": float(flat.mean()), "rollout/logprob_gap_max": float(flat.max())}
     run.memory.after("old_logprobs")
     ref = None
-    if run.reference is not None:
+    reference = run.reference
+    if reference is not None:
         with run.amp():
-            ref = run.batched(lambda p, r: response_logprobs(run.reference, p, r, pad_multiple=pad), batch)
+            ref = run.batched(lambda p, r: response_logprobs(reference, p, r, pad_multiple=pad), batch)
     return old, ref, metrics
 
 

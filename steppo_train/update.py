@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ from steppo_train import losses as L
 from steppo_train.batch import StepBatch
 from steppo_train.config import TrainConfig
 from steppo_train.models import (
+    Critic,
     padded_width,
     response_token_stats,
     values_at_action_tokens,
@@ -26,6 +28,8 @@ from steppo_train.models import (
 from steppo_train.targets import RowTargets
 
 __all__ = ["IterationData", "actor_loss", "critic_loss", "make_units", "pack_units", "pad_rows", "row_policy_loss"]
+
+_T = TypeVar("_T")
 
 @dataclass
 class IterationData:
@@ -135,7 +139,8 @@ def actor_loss(
     if config.algo == "gspo":  # one row per trajectory: concatenate its steps' tokens
         lp_new, mask = pad_rows([torch.cat([new[pos[r]] for r in data.units[u]]) for u in unit_ids])
         lp_old = pad_rows([torch.cat([data.old_logprobs[r] for r in data.units[u]]) for u in unit_ids])[0].to(lp_new.device)
-        adv = torch.stack([data.targets.step_advantages[data.units[u][0]] for u in unit_ids]).to(lp_new.device)  # type: ignore[index]
+        step_adv = _needed(data.targets.step_advantages, "step advantages")
+        adv = torch.stack([step_adv[data.units[u][0]] for u in unit_ids]).to(lp_new.device)
         pg, st = L.gspo_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
         weight = unit_weight
     else:
@@ -165,28 +170,39 @@ def actor_loss(
     return loss, logged
 
 
+def _needed(value: _T | None, what: str) -> _T:
+    """``value``, which :func:`~steppo_train.targets.compute_targets` sets for this algorithm."""
+    if value is None:
+        raise RuntimeError(f"{what} missing from the targets: compute_targets sets them for this algorithm (a bug).")
+    return value
+
+
 def critic_loss(
     config: TrainConfig,
-    critic: nn.Module,
+    critic: Critic,
     data: IterationData,
     rows: Sequence[int],
     minibatch_rows: int,
     minibatch_tokens: int,
 ) -> tuple[Tensor, dict[str, float]]:
     """The critic's weighted clipped value loss on one micro-batch of rows."""
-    b, t = data.batch, data.targets
+    b = data.batch
+    old_values, returns = data.targets.old_values, data.targets.returns
+    if old_values is None or returns is None:
+        raise RuntimeError("old values / returns missing from the targets: compute_targets sets them for critic algorithms (a bug).")
     if config.step_advantages:
-        v = values_at_last_prompt_token(critic, [b.prompt_ids[r] for r in rows], pad_multiple=config.pad_multiple)  # type: ignore[arg-type]
+        v = values_at_last_prompt_token(critic, [b.prompt_ids[r] for r in rows], pad_multiple=config.pad_multiple)
         idx = torch.tensor(list(rows))
-        old, ret = t.old_values[idx].to(v.device), t.returns[idx].to(v.device)  # type: ignore[index]
+        assert isinstance(old_values, Tensor) and isinstance(returns, Tensor)  # step targets: one value per row
+        old, ret = old_values[idx].to(v.device), returns[idx].to(v.device)
         loss, st = L.value_loss(v, old, ret, torch.ones_like(v, dtype=torch.bool), config.value_clip)
         weight = len(rows) / max(1, minibatch_rows)
     else:
-        vs = values_at_action_tokens(critic, [b.prompt_ids[r] for r in rows], [b.response_ids[r] for r in rows],  # type: ignore[arg-type]
+        vs = values_at_action_tokens(critic, [b.prompt_ids[r] for r in rows], [b.response_ids[r] for r in rows],
                                      pad_multiple=config.pad_multiple)
         v, mask = pad_rows(vs)
-        old = pad_rows([t.old_values[r] for r in rows], v.shape[1])[0].to(v.device)  # type: ignore[index]
-        ret = pad_rows([t.returns[r] for r in rows], v.shape[1])[0].to(v.device)  # type: ignore[index]
+        old = pad_rows([old_values[r] for r in rows], v.shape[1])[0].to(v.device)
+        ret = pad_rows([returns[r] for r in rows], v.shape[1])[0].to(v.device)
         loss, st = L.value_loss(v, old, ret, mask, config.value_clip)
         weight = int(mask.sum()) / max(1, minibatch_tokens)
     return loss * weight, {"losses/value": float(loss.detach()) * weight, "losses/value_clip_fraction": st.clip_fraction * weight}

@@ -22,12 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
+from steppo_agent.policies import PolicyConfig
+from steppo_agent.records import SamplingConfig
 from steppo_envs import ToolEnvConfig
 from steppo_envs.alfworld_env.env import ALFWorldConfig
 from steppo_envs.multihop import MultiHopQAConfig
 from steppo_envs.paper_search.env import PaperSearchConfig
 from steppo_envs.textworld_env.env import TextWorldConfig
+from steppo_train.config import TrainConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -35,6 +39,7 @@ PAGES: dict[str, tuple[type[Any], ...]] = {
     "environments.md": (ToolEnvConfig, MultiHopQAConfig),
     "textworld.md": (TextWorldConfig, ALFWorldConfig),
     "paper_search.md": (PaperSearchConfig,),
+    "training.md": (TrainConfig, SamplingConfig, PolicyConfig),
 }
 """Each page and the config classes whose options it documents (each must have a table there)."""
 
@@ -117,6 +122,15 @@ def _literal(cell: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def defaults(cls: type[Any]) -> dict[str, Any]:
+    """``{field: default}`` of a dataclass or a pydantic model; a nested config field (a model) is left
+    out: its own table documents its fields."""
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        out = {name: f.get_default(call_default_factory=True) for name, f in cls.model_fields.items()}
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items() if not isinstance(v, BaseModel)}
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
 def _same(documented: Any, actual: Any) -> bool:
     return type(documented) is type(actual) and documented == actual
 
@@ -126,7 +140,7 @@ def table_problems(page: str, text: str, configs: tuple[type[Any], ...]) -> list
     problems = []
     tables = config_tables(text)
     for cls in configs:
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        documented_defaults = defaults(cls)
         rows = tables.get(cls.__name__)
         if rows is None:
             problems.append(f"{page}: no table of {cls.__name__} (a 'default' column under a heading naming `{cls.__name__}`)")
@@ -135,7 +149,7 @@ def table_problems(page: str, text: str, configs: tuple[type[Any], ...]) -> list
         for number, field_cell, default_cell in rows:
             name = field_cell.strip("` ")
             where = f"{page}:{number} {cls.__name__}.{name}"
-            if name not in defaults:
+            if name not in documented_defaults:
                 problems.append(f"{where}: not a field of {cls.__name__}")
                 continue
             if name in seen:
@@ -146,9 +160,10 @@ def table_problems(page: str, text: str, configs: tuple[type[Any], ...]) -> list
             except (ValueError, SyntaxError):
                 problems.append(f"{where}: the default cell {default_cell!r} is not a Python literal")
                 continue
-            if not _same(documented, defaults[name]):
-                problems.append(f"{where}: the docs say {default_cell}, the config says {defaults[name]!r}")
-        problems.extend(f"{page}: {cls.__name__}.{name} is missing from its table" for name in defaults if name not in seen)
+            if not _same(documented, documented_defaults[name]):
+                problems.append(f"{where}: the docs say {default_cell}, the config says {documented_defaults[name]!r}")
+        problems.extend(f"{page}: {cls.__name__}.{name} is missing from its table"
+                        for name in documented_defaults if name not in seen)
     return problems
 
 
@@ -176,7 +191,7 @@ def prose_problems(page: str, text: str, configs: tuple[type[Any], ...]) -> list
                 continue
             value = float(number.group(1).replace(",", ""))
             for cls in scope:
-                default = {f.name: f.default for f in dataclasses.fields(cls)}.get(match.group(1))
+                default = defaults(cls).get(match.group(1))
                 if isinstance(default, int | float) and not isinstance(default, bool) and float(default) != value:
                     problems.append(
                         f"{page}:{line.number}: {match.group(0)!r} but {cls.__name__}.{match.group(1)} defaults to {default!r}"

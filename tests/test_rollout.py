@@ -16,6 +16,7 @@ from steppo_agent.records import SamplingConfig, Trajectory
 from steppo_agent.rollout import STATIC_INFO_KEYS, RolloutConfig, derive_seed, run_rollout
 from steppo_agent.trajectory_io import TrajectoryFileError, read_trajectories
 from steppo_envs import check_step_env
+from steppo_envs.config import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,23 @@ def test_derive_seed_is_a_pure_function_of_its_inputs() -> None:
 def test_config_errors_name_the_fix(kw: dict[str, Any], needle: str) -> None:
     with pytest.raises(ValueError, match=needle.replace("-", "\\-").replace(">", ">")):
         _config(**kw)
+
+
+def test_a_policy_that_does_not_declare_wants_infos_is_refused_before_any_episode(tokenizer: Any) -> None:
+    class Undeclared:  # a user's --policy class written before wants_infos was part of the protocol
+        backend, model, version, max_model_len = "mine", "mine", 0, 2048
+
+        def __init__(self) -> None:
+            self.tokenizer = tokenizer
+
+        def generate(self, prompts: Any, sampling: Any, seeds: Any = None) -> list[Generation]:
+            raise AssertionError("never called")
+
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(ConfigError, match="add the class attribute wants_infos = False"):
+        run_rollout(Undeclared(), _config())  # type: ignore[arg-type]  # the point: it lacks a protocol member
 
 
 def test_one_batched_generate_call_per_round_and_group_layout(tokenizer: Any) -> None:

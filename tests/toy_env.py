@@ -182,6 +182,7 @@ class FakePolicy:
 
     backend = "fake"
     version = 0
+    wants_infos = False
 
     def __init__(self, tokenizer: Any, *, respond: Responder = bisect_responder, max_model_len: int = 2048, model: str = "fake") -> None:
         self.tokenizer = tokenizer

@@ -12,15 +12,19 @@ import importlib
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from steppo.cli.common import ENV_ARG_HELP, UsageError, check_writable_dir, parse_env_kwargs
+from steppo_agent.policies import Backend, PolicyConfig
+from steppo_agent.records import SamplingConfig
 
 __all__ = ["DEFAULT_ENV", "SPLIT_OPTION", "add_parser", "build_policy", "default_output"]
 
 #: The environment ``steppo rollout`` / ``steppo eval`` play when ``--env`` is not given.
 DEFAULT_ENV = "steppo/TextWorld-v0"
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL: str = PolicyConfig.model_fields["model"].default
+_MAX_MODEL_LEN: int = PolicyConfig.model_fields["max_model_len"].default
+_MAX_TOKENS: int = SamplingConfig.model_fields["max_tokens"].default
 #: The env option ``steppo eval --split`` sets (envs not listed take ``split``).
 SPLIT_OPTION: dict[str, str] = {"steppo/MultiHopQA-v0": "dataset"}
 
@@ -35,16 +39,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default=DEFAULT_ENV, help=f"environment id (default {DEFAULT_ENV}); 'module:id' imports module first")
     p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help=ENV_ARG_HELP)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path (default {DEFAULT_MODEL})")
-    p.add_argument("--backend", choices=("vllm", "openai", "hf", "expert"), default="vllm",
+    p.add_argument("--backend", choices=(*get_args(Backend), "expert"), default=PolicyConfig.model_fields["backend"].default,
                    help="policy backend (default vllm); 'expert' replays the env's expert (needs --env-arg expert=true)")
     p.add_argument("--base-url", action="append", metavar="URL", help="OpenAI-compatible server root for --backend openai (repeatable)")
     p.add_argument("--dtype", default=None, help="model dtype (float32, bfloat16); default float32 on CPU")
-    p.add_argument("--max-model-len", type=int, default=2048, help="prompt + response tokens per step (default 2048)")
+    p.add_argument("--max-model-len", type=int, default=_MAX_MODEL_LEN,
+                   help=f"prompt + response tokens per step (default {_MAX_MODEL_LEN})")
     p.add_argument("--policy", metavar="MODULE:FACTORY", default=None,
                    help="use a custom policy: FACTORY(model) must return a Policy (overrides --backend)")
     p.add_argument("-n", "--num-tasks", "--episodes", dest="num_tasks", type=int, default=1, help="number of tasks (default 1)")
     p.add_argument("--seed", type=int, default=0, help="reset seed of the first task; task i uses seed + i (default 0)")
-    p.add_argument("--max-tokens", type=int, default=64, help="maximum response tokens per step (default 64)")
+    p.add_argument("--max-tokens", type=int, default=_MAX_TOKENS, help=f"maximum response tokens per step (default {_MAX_TOKENS})")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--output", "-o", type=Path, default=None, help="JSONL file (default runs/<command>-<env>-<time>.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue --output: skip trajectory ids already in it")
@@ -87,11 +92,10 @@ def build_policy(args: argparse.Namespace) -> Any:
         from steppo_agent.policies.expert import ExpertPolicy
 
         return ExpertPolicy(args.model, max_model_len=args.max_model_len)
-    from steppo_agent.policies import PolicyConfig, make_policy
+    from steppo_agent.policies import make_policy
 
-    config = PolicyConfig(backend=args.backend, model=args.model, dtype=args.dtype, max_model_len=args.max_model_len)
-    if args.base_url:
-        config.base_urls = list(args.base_url)
+    config = PolicyConfig(backend=args.backend, model=args.model, dtype=args.dtype, max_model_len=args.max_model_len,
+                          **({"base_urls": list(args.base_url)} if args.base_url else {}))
     return make_policy(config)
 
 
@@ -158,8 +162,6 @@ def _run(args: argparse.Namespace, kind: str, sampling: Any, group_size: int, en
 
 
 def run_rollout_cmd(args: argparse.Namespace) -> int:
-    from steppo_agent.records import SamplingConfig
-
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                               stop=list(args.stop or []), seed=args.sampling_seed)
     _run(args, "rollout", sampling, args.group_size, parse_env_kwargs(args.env_arg))
@@ -168,7 +170,6 @@ def run_rollout_cmd(args: argparse.Namespace) -> int:
 
 def run_eval_cmd(args: argparse.Namespace) -> int:
     from steppo_agent.analysis import format_split_table, split_table
-    from steppo_agent.records import SamplingConfig
     from steppo_agent.trajectory_io import read_trajectories
 
     env_kwargs = parse_env_kwargs(args.env_arg)

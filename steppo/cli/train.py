@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import get_args
 
 from steppo.cli.common import ENV_ARG_HELP, check_readable_file, check_writable_dir, parse_env_kwargs
+from steppo_agent.policies import Backend
+from steppo_train.config import ALGOS
 
 __all__ = ["add_parser"]
 
@@ -12,18 +15,20 @@ __all__ = ["add_parser"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a policy (steppo, ppo, grpo, rloo, reinforce_pp, gspo, gigpo, sft)",
+        help=f"train a policy ({', '.join(ALGOS)})",
         description="Every TrainConfig field can be set with --set key=value (JSON values) or a YAML --config file; "
-        "the flags below are shortcuts. Precedence: algorithm defaults < --config < flags < --set.",
+        "fields of the nested configs with dotted keys (--set policy.kv_cache_gib=1 sampling.temperature=0.7; "
+        "their old flat names work too). The flags below are shortcuts. "
+        "Precedence: algorithm defaults < --config < flags < --set.",
     )
-    p.add_argument("--algo", default="steppo", help="steppo | ppo | grpo | rloo | reinforce_pp | gspo | gigpo | sft")
-    p.add_argument("--config", help="YAML file of TrainConfig fields")
+    p.add_argument("--algo", default=ALGOS[0], help=" | ".join(ALGOS))
+    p.add_argument("--config", help="YAML file of TrainConfig fields (nested mappings or dotted keys)")
     p.add_argument("--env", dest="env_id", help="environment id, e.g. steppo/TextWorld-v0")
     p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help=ENV_ARG_HELP)
     p.add_argument("--eval-env-arg", action="append", metavar="KEY=VALUE",
                    help="evaluation environment option (repeatable; values as for --env-arg)")
     p.add_argument("--model", help="smollm2-135m (default), an HF model id or a local folder")
-    p.add_argument("--backend", choices=["vllm", "hf", "openai"], help="rollout backend")
+    p.add_argument("--backend", choices=get_args(Backend), help="rollout backend (policy.backend)")
     p.add_argument("--base-url", action="append", dest="base_urls", help="OpenAI-compatible server (repeatable)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--tasks", dest="tasks_per_iteration", type=int, help="tasks per iteration")
@@ -33,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-trajectories", action="append", help="train offline on these JSONL files (repeatable)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint in --output-dir")
     p.add_argument("--seed", type=int)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any TrainConfig field, e.g. --set actor_lr=1e-6 gamma=1.0")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any TrainConfig field, e.g. --set actor_lr=1e-6 gamma=1.0 policy.kv_cache_gib=1")
     p.set_defaults(func=run)
 
 
@@ -42,11 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from steppo_train.trainer import train
 
     overrides: dict[str, object] = {}
-    for name in ("env_id", "model", "backend", "base_urls", "iterations", "tasks_per_iteration", "group_size",
-                 "max_tokens", "output_dir", "from_trajectories", "resume", "seed"):
+    for name, key in (("env_id", "env_id"), ("model", "policy.model"), ("backend", "policy.backend"),
+                      ("base_urls", "policy.base_urls"), ("iterations", "iterations"),
+                      ("tasks_per_iteration", "tasks_per_iteration"), ("group_size", "group_size"),
+                      ("max_tokens", "sampling.max_tokens"), ("output_dir", "output_dir"),
+                      ("from_trajectories", "from_trajectories"), ("resume", "resume"), ("seed", "seed")):
         value = getattr(args, name)
         if value is not None:
-            overrides[name] = value
+            overrides[key] = value
     if args.env_arg:
         overrides["env_kwargs"] = parse_env_kwargs(args.env_arg)
     if args.eval_env_arg:

@@ -20,15 +20,18 @@ Shared semantics (all backends agree, see docs/policies.md):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
+from pydantic import Field, field_validator, model_validator
+
+from steppo_agent.config_model import ConfigModel
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import SamplingConfig
 from steppo_envs.config import ConfigError
 from steppo_envs.contract import MissingExtraError
 
 __all__ = [
+    "Backend",
     "Generation",
     "Policy",
     "PolicyConfig",
@@ -40,60 +43,58 @@ __all__ = [
 Backend = Literal["vllm", "openai", "hf"]
 
 
-@dataclass
-class PolicyConfig:
-    """How to build a policy.
+class PolicyConfig(ConfigModel):
+    """How to build a policy (:func:`make_policy`). Unknown names and bad values raise
+    :class:`~steppo_envs.config.ConfigError` naming the fix."""
 
-    Attributes:
-        backend: ``"vllm"`` (in-process engine), ``"openai"`` (OpenAI-compatible HTTP servers) or
-            ``"hf"`` (transformers).
-        model: model name or path; ``"smollm2-135m"`` is the bundled default (see
-            :func:`steppo_agent.default_model.resolve_model`). For ``"openai"`` it locates the
-            tokenizer used for prompt rendering and decoding.
-        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``None`` = float32 on CPU (exact
-            logprobs), the checkpoint's dtype on a GPU (vllm) / float32 (hf).
-        max_model_len: prompt + response tokens the policy accepts.
-        gpu_memory_utilization: vLLM's fraction of GPU memory (GPU only).
-        kv_cache_gib: vLLM KV-cache size in GiB on CPU (``VLLM_CPU_KVCACHE_SPACE``).
-        enforce_eager: vLLM without graph capture / compilation (saves 45-80 s per start on CPU).
-        in_process: vLLM engine core in the calling process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
-            starts ~4x faster); process-wide, read when the first engine starts.
-        seed: vLLM engine seed (per-request seeds come from the sampling config / ``seeds``).
-        cpu_linear: vLLM on CPU: ``"torch"`` (default) runs dense layers with torch's ``F.linear``,
-            ``"onednn"`` with vLLM's own oneDNN kernels, whose per-batch-size cache made a training
-            process's memory grow ~5 MiB per 80 requests (see
-            :func:`~steppo_agent.policies.vllm_settings.use_torch_linear`); process-wide, read when an
-            engine loads.
-        base_urls: OpenAI-compatible server roots, e.g. ``["http://127.0.0.1:8000"]`` (``/v1`` is
-            appended when missing); requests are spread over them (least in-flight first).
-        served_model_name: the server's model name; ``None`` asks ``/v1/models`` once.
-        api_key: sent as ``Authorization: Bearer``; ``None`` sends none.
-        timeout_s: per-request timeout (seconds) for HTTP calls.
-        max_retries: retries of one request after connection errors / 5xx / 429 (exponential
-            backoff from ``retry_backoff_s``), moving to the next server each time.
-        retry_backoff_s: first backoff delay in seconds (doubles per retry, capped at 8 s).
-        max_concurrency: concurrent HTTP requests per policy.
-        hf_batch_size: prompts per forward batch in the ``"hf"`` backend.
-    """
+    backend: Backend = Field("vllm", description=(
+        '"vllm" (in-process engine), "openai" (OpenAI-compatible HTTP servers) or "hf" (transformers).'))
+    model: str = Field("smollm2-135m", description=(
+        'Model name or path; "smollm2-135m" is the bundled default (steppo_agent.default_model.resolve_model). '
+        'For "openai" it locates the tokenizer used for prompt rendering and decoding.'))
+    dtype: str | None = Field(None, description=(
+        '"float32", "bfloat16", "float16" or None = float32 on CPU (exact logprobs), the checkpoint\'s dtype on a '
+        "GPU (vllm) / float32 (hf)."))
+    max_model_len: int = Field(2048, ge=2, description="Prompt + response tokens the policy accepts.")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM's fraction of GPU memory (GPU only).")
+    kv_cache_gib: float = Field(2.0, description=(
+        "vLLM KV-cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE; whole GiB): fp32 SmolLM2-135M needs ~46 KB per token, so "
+        "1 GiB holds ~23k prompt+response tokens at once (more requests wait their turn)."))
+    enforce_eager: bool = Field(True, description="vLLM without graph capture / compilation (saves 45-80 s per start on CPU).")
+    in_process: bool = Field(True, description=(
+        "vLLM engine core in the calling process (VLLM_ENABLE_V1_MULTIPROCESSING=0, starts ~4x faster); "
+        "process-wide, read when the first engine starts."))
+    seed: int = Field(0, description="vLLM engine seed (per-request seeds come from the sampling config / seeds).")
+    cpu_linear: Literal["torch", "onednn"] = Field("torch", description=(
+        'vLLM on CPU: "torch" runs dense layers with torch\'s F.linear, "onednn" with vLLM\'s own oneDNN kernels, '
+        "whose per-batch-size cache made a training process's memory grow ~5 MiB per 80 requests "
+        "(vllm_settings.use_torch_linear); process-wide, read when an engine loads."))
+    base_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000"], description=(
+        'OpenAI-compatible server roots for "openai", e.g. ["http://127.0.0.1:8000"] (/v1 is appended when missing); '
+        "requests are spread over them (least in-flight first)."))
+    served_model_name: str | None = Field(None, description="The server's model name; None asks /v1/models once.")
+    api_key: str | None = Field(None, description="Sent as Authorization: Bearer; None sends none.")
+    timeout_s: float = Field(120.0, gt=0.0, description="Per-request timeout (seconds) of HTTP calls.")
+    max_retries: int = Field(3, ge=0, description=(
+        "Retries of one request after connection errors / 5xx / 429 (exponential backoff from retry_backoff_s), "
+        "moving to the next server each time."))
+    retry_backoff_s: float = Field(0.5, ge=0.0, description="First backoff delay in seconds (doubles per retry, capped at 8 s).")
+    max_concurrency: int = Field(64, ge=1, description="Concurrent HTTP requests per policy.")
+    hf_batch_size: int = Field(8, ge=1, description='Prompts per forward batch of the "hf" backend.')
 
-    backend: Backend = "vllm"
-    model: str = "smollm2-135m"
-    dtype: str | None = None
-    max_model_len: int = 2048
-    gpu_memory_utilization: float = 0.85
-    kv_cache_gib: float = 2.0
-    enforce_eager: bool = True
-    in_process: bool = True
-    seed: int = 0
-    cpu_linear: Literal["torch", "onednn"] = "torch"
-    base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000"])
-    served_model_name: str | None = None
-    api_key: str | None = None
-    timeout_s: float = 120.0
-    max_retries: int = 3
-    retry_backoff_s: float = 0.5
-    max_concurrency: int = 64
-    hf_batch_size: int = 8
+    @field_validator("kv_cache_gib")
+    @classmethod
+    def _whole_gib(cls, value: float) -> float:
+        if value < 1 or value != int(value):
+            raise ConfigError(f"kv_cache_gib must be a whole number of GiB >= 1 (got {value!r}; vLLM's CPU backend "
+                              "takes whole GiB): e.g. kv_cache_gib=1 (steppo train: --set policy.kv_cache_gib=1).")
+        return value
+
+    @model_validator(mode="after")
+    def _some_server(self) -> PolicyConfig:
+        if self.backend == "openai" and not self.base_urls:
+            raise ConfigError("backend 'openai' needs at least one server in base_urls: e.g. --base-url http://127.0.0.1:8000.")
+        return self
 
 
 def make_policy(config: PolicyConfig) -> Policy:

@@ -30,19 +30,24 @@ class Policy(Protocol):
     version: int
     tokenizer: Any  # a transformers PreTrainedTokenizerBase: renders prompts, decodes responses
     max_model_len: int  # prompt + response tokens the engine accepts
+    wants_infos: bool
+    """True when :meth:`generate` needs each episode's latest env ``info`` (the rollout then passes
+    ``infos=``; e.g. the expert policy replays ``info["extra"]``); False for model backends."""
 
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
         sampling: SamplingConfig,
         seeds: Sequence[int | None] | None = None,
+        infos: Sequence[dict[str, Any]] | None = None,
     ) -> list[Generation]:
         """Sample one response per prompt.
 
         ``seeds[i]`` seeds prompt i's sampling (the rollout engine derives it from the episode and
         step, so results do not depend on batch composition). When ``seeds`` is None and
         ``sampling.seed = s``, prompt i uses ``s + i``; never one seed for every prompt (vLLM would
-        return identical samples).
+        return identical samples). ``infos[i]`` is prompt i's episode info, passed only to a policy
+        whose ``wants_infos`` is true (model backends ignore it).
         """
         ...
 

@@ -85,7 +85,7 @@ class ExpertPolicy:
                 )
             text = self.template.format(command=command)
             ids = self.tokenizer.encode(text, add_special_tokens=False) + [self._eos]
-            out.append(Generation(ids, [0.0] * len(ids), self.tokenizer.decode(ids, skip_special_tokens=True), "stop"))
+            out.append(Generation(ids, [0.0] * len(ids), str(self.tokenizer.decode(ids, skip_special_tokens=True)), "stop"))
         return out
 
     def close(self) -> None:

@@ -39,6 +39,7 @@ class HFPolicy:
     """
 
     backend = "hf"
+    wants_infos = False
 
     def __init__(
         self,
@@ -59,9 +60,8 @@ class HFPolicy:
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.hf_model: Any = AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=getattr(torch, dtype or "float32")
-        ).to(self.device)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype or "float32"))
+        self.hf_model: Any = loaded.to(self.device)
         self.hf_model.eval()
         eos: set[int] = set()
         for value in (self.tokenizer.eos_token_id, getattr(self.hf_model.generation_config, "eos_token_id", None)):
@@ -84,6 +84,7 @@ class HFPolicy:
         prompts: Sequence[Sequence[int]],
         sampling: SamplingConfig,
         seeds: Sequence[int | None] | None = None,
+        infos: Sequence[dict[str, Any]] | None = None,
     ) -> list[Generation]:
         """Sample one response per prompt (see :class:`~steppo_agent.policies.base.Policy`)."""
         per_prompt_seeds = resolve_seeds(len(prompts), sampling, seeds)
@@ -175,7 +176,7 @@ class HFPolicy:
             Generation(
                 token_ids=ids,
                 logprobs=lps,
-                text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                text=str(self.tokenizer.decode(ids, skip_special_tokens=True)),
                 finish_reason=reason or "length",
             )
             for ids, lps, reason in zip(tokens, logprobs, reasons, strict=True)

@@ -90,6 +90,7 @@ class OpenAIPolicy:
     """
 
     backend = "openai"
+    wants_infos = False
 
     def __init__(
         self,
@@ -227,6 +228,7 @@ class OpenAIPolicy:
         prompts: Sequence[Sequence[int]],
         sampling: SamplingConfig,
         seeds: Sequence[int | None] | None = None,
+        infos: Sequence[dict[str, Any]] | None = None,
     ) -> list[Generation]:
         """Sample one response per prompt, all requests concurrently (see ``Policy.generate``)."""
         per_prompt_seeds = resolve_seeds(len(prompts), sampling, seeds)

@@ -73,6 +73,7 @@ class VLLMPolicy:
     """
 
     backend = "vllm"
+    wants_infos = False
 
     def __init__(
         self,
@@ -139,6 +140,7 @@ class VLLMPolicy:
         prompts: Sequence[Sequence[int]],
         sampling: SamplingConfig,
         seeds: Sequence[int | None] | None = None,
+        infos: Sequence[dict[str, Any]] | None = None,
     ) -> list[Generation]:
         """Sample one response per prompt (see :class:`~steppo_agent.policies.base.Policy`)."""
         from vllm import SamplingParams
@@ -184,7 +186,7 @@ class VLLMPolicy:
         return Generation(
             token_ids=ids,
             logprobs=logprobs,
-            text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            text=str(self.tokenizer.decode(ids, skip_special_tokens=True)),
             finish_reason=reason,
         )
 

@@ -95,7 +95,9 @@ class _ExpectedReloadNotices(logging.Filter):
         self.expected = {"RotaryEmbedding", *(("ParallelLMHead",) if tied else ())}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.expected)
+        args = record.args
+        return not (record.msg == "%s: Failed to load weights" and isinstance(args, tuple) and args
+                    and args[0] in self.expected)
 
 
 _RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
@@ -109,6 +111,7 @@ class WeightSyncExtension:
     """
 
     model_runner: Any
+    reload_weights: Any  # Worker.reload_weights(weights_iterator=...) (declared only: the worker has it)
 
     def steppo_reload_weights(self, path: str) -> int:
         """Load the weights at ``path`` into the running model; return how many tensors were read."""
@@ -123,7 +126,7 @@ class WeightSyncExtension:
         notices = _ExpectedReloadNotices(tied=self._tied())
         logging.getLogger(_RELOAD_LOGGER).addFilter(notices)
         try:
-            self.reload_weights(weights_iterator=counted())  # type: ignore[attr-defined]
+            self.reload_weights(weights_iterator=counted())
         finally:
             logging.getLogger(_RELOAD_LOGGER).removeFilter(notices)
         self.steppo_refresh_tied_output()

@@ -1,0 +1,99 @@
+"""TrainConfig: nested sampling / policy configs, dotted keys, flat aliases, one-line errors that name
+the fix, and configs stored by older checkpoints (flat mappings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from steppo.cli import main
+from steppo_agent.policies import PolicyConfig
+from steppo_agent.records import SamplingConfig
+from steppo_envs.config import ConfigError
+from steppo_train.config import ALGO_DEFAULTS, ALGOS, FLAT_ALIASES, Algo, TrainConfig, load_config
+
+#: The config an iteration-7 checkpoint of an earlier run stored (runs/bench_memory/sft, before the
+#: sampling and policy options moved into nested configs).
+OLD_FLAT = {
+    "algo": "sft", "model": "smollm2-135m", "critic_model": None, "env_id": "steppo/TextWorld-v0", "env_kwargs": {},
+    "from_trajectories": ["runs/bench_memory/expert.jsonl"], "backend": "vllm", "base_urls": [],
+    "tasks_per_iteration": 16, "group_size": 1, "temperature": 1.0, "top_p": 1.0, "max_tokens": 64,
+    "max_model_len": 2048, "env_workers": 0, "iterations": 8, "ppo_epochs": 1, "minibatch_size": 32,
+    "token_budget": 4096, "actor_lr": 2e-05, "critic_lr": 1e-05, "gamma": 0.99, "lam": 1.0, "clip_low": 0.2,
+    "clip_high": 0.2, "value_clip": 0.2, "kl_coef": 0.0, "entropy_coef": 0.0, "max_grad_norm": 1.0,
+    "weight_decay": 0.0, "dtype": "float32", "amp": "auto", "trainable_layers": None, "trim_memory": True,
+    "gradient_checkpointing": False, "whiten_advantages": True, "truncated_bootstrap": "zero", "seed": 0,
+    "output_dir": "runs/bench_memory/sft", "save_every": 8, "eval_every": 0, "eval_env_kwargs": {},
+    "eval_tasks": 16, "tensorboard": False, "resume": False,
+}
+
+
+def test_one_algorithm_list() -> None:
+    assert ALGOS == get_args(Algo) == tuple(ALGO_DEFAULTS)
+    assert ALGOS[0] == "steppo" and "sft" in ALGOS
+
+
+def test_nested_configs_are_the_rollouts_own_types_with_their_defaults() -> None:
+    config = load_config("steppo")
+    assert isinstance(config.sampling, SamplingConfig) and isinstance(config.policy, PolicyConfig)
+    assert config.sampling == SamplingConfig() and config.policy == PolicyConfig()
+    assert config.sampling.max_tokens == SamplingConfig.model_fields["max_tokens"].default
+
+
+def test_dotted_keys_and_flat_aliases_set_the_same_field() -> None:
+    dotted = load_config("ppo", overrides={"policy.kv_cache_gib": "1", "sampling.temperature": "0.7",
+                                           "policy.max_model_len": 1024, "sampling.max_tokens": 16})
+    flat = load_config("ppo", overrides={"kv_cache_gib": "1", "temperature": "0.7", "max_model_len": 1024,
+                                         "max_tokens": 16})
+    assert dotted == flat
+    assert (flat.policy.kv_cache_gib, flat.sampling.temperature, flat.policy.max_model_len, flat.sampling.max_tokens) == (
+        1.0, 0.7, 1024, 16)
+    assert load_config("ppo", overrides={"policy": '{"cpu_linear": "onednn"}'}).policy.cpu_linear == "onednn"
+    assert all(alias.partition(".")[0] in ("sampling", "policy") for alias in FLAT_ALIASES.values())
+
+
+def test_yaml_takes_nested_mappings_dotted_keys_and_aliases(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("algo: grpo\npolicy:\n  kv_cache_gib: 1\nsampling.top_p: 0.9\nmax_tokens: 32\nactor_lr: 2.0e-6\n")
+    config = load_config("steppo", yaml_path=path, overrides={"sampling.top_p": 0.8})
+    assert (config.algo, config.gamma, config.policy.kv_cache_gib, config.sampling.top_p, config.sampling.max_tokens,
+            config.actor_lr) == ("grpo", 1.0, 1.0, 0.8, 32, 2e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"sampling.temprature": 0.5}, "unknown training option(s) sampling.temprature (did you mean sampling.temperature?)"),
+        ({"kv_cache": 1}, "(did you mean kv_cache_gib?)"),
+        ({"policy": 5}, "policy is a group of options, not a value (5): set its fields, e.g. --set policy.backend="),
+        ({"policy.kv_cache_gib": 1.5}, "kv_cache_gib must be a whole number of GiB >= 1 (got 1.5"),
+        ({"sampling.top_p": 2}, "sampling.top_p must be in (0, 1] (got 2): e.g. --set sampling.top_p=1.0"),
+        ({"sampling.seed": 3}, "remove sampling.seed (got 3) and set --seed instead"),
+        ({"policy.timeout_s": "Infinity"}, "policy.timeout_s must be a finite number, not inf: e.g. --set policy.timeout_s=120.0"),
+        ({"amp": "fast"}, "amp: Input should be a valid boolean"),
+    ],
+)
+def test_bad_keys_and_values_are_one_sentence_naming_the_fix(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config("steppo", overrides=overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_prints_one_line_for_an_unknown_dotted_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--set", "policy.kv_cache=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("steppo: error: unknown training option(s) policy.kv_cache (did you mean policy.kv_cache_gib?)")
+    assert "\n" not in err
+
+
+def test_an_old_flat_checkpoint_config_loads_and_round_trips() -> None:
+    config = TrainConfig.from_dict(OLD_FLAT)
+    assert (config.algo, config.actor_lr, config.policy.model, config.policy.base_urls, config.sampling.max_tokens,
+            config.save_every) == ("sft", 2e-05, "smollm2-135m", [], 64, 8)
+    stored = json.loads(json.dumps(config.to_dict()))  # what state.json holds now
+    assert set(stored["policy"]) == set(PolicyConfig.model_fields) and "max_tokens" not in stored
+    assert TrainConfig.from_dict(stored) == config
+
