@@ -97,3 +97,13 @@ def test_an_old_flat_checkpoint_config_loads_and_round_trips() -> None:
     assert set(stored["policy"]) == set(PolicyConfig.model_fields) and "max_tokens" not in stored
     assert TrainConfig.from_dict(stored) == config
 
+
+
+def test_the_docs_name_every_algorithm_in_order() -> None:
+    """The algorithm list written out in the docs is checked against the one source (``Algo``)."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    row = next(line for line in (docs / "training.md").read_text().splitlines() if line.startswith("| `algo` |"))
+    named = row.split("Algorithm:", 1)[1].split(".")[0].replace(" or ", ", ").split(", ")
+    assert tuple(n.strip() for n in named) == ALGOS
+    help_line = next(line for line in (docs / "cli.md").read_text().splitlines() if line.startswith("  --algo ALGO"))
+    assert tuple(help_line.split(None, 2)[2].split(" | ")) == ALGOS
