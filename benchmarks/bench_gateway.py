@@ -7,7 +7,8 @@ latency it adds per request.
    the same per-request seeds (so both sample the same tokens). tokens/s = response tokens / wall time.
    Ratio = gateway / direct (target >= 0.95).
 2. Latency: one request at a time (``--latency-requests`` of ``--latency-max-tokens`` tokens), direct ``policy.generate([prompt])`` vs a
-   gateway request; the added latency is the median of the per-request differences.
+   gateway request; the added latency is the median of the per-request differences. Then the gateway's
+   own cost: the median round trip of a request through a gateway whose policy answers at once.
 
 The prefix cache is reset before each measurement; measurements alternate and repeat ``--repeats``
 times; medians are printed with the CPU they ran on. Timings on a shared CPU swing: compare the ratio
@@ -43,12 +44,13 @@ def _reset(policy: Any) -> None:
         llm.reset_prefix_cache()  # no measurement may reuse another's cached prompts
 
 
-def _direct(policy: Any, prompts: list[list[int]], max_tokens: int) -> tuple[int, float]:
+def _direct(policy: Any, prompts: list[list[int]], max_tokens: int, seeds: list[int] | None = None) -> tuple[int, float]:
     from steppo_agent.records import SamplingConfig
 
     _reset(policy)
     t0 = time.perf_counter()
-    gens = policy.generate(prompts, SamplingConfig(temperature=1.0, max_tokens=max_tokens), seeds=list(range(len(prompts))))
+    gens = policy.generate(prompts, SamplingConfig(temperature=1.0, max_tokens=max_tokens),
+                           seeds=seeds if seeds is not None else list(range(len(prompts))))
     return sum(len(g.token_ids) for g in gens), time.perf_counter() - t0
 
 
@@ -75,17 +77,69 @@ def _gateway(policy: Any, url: str, chats: list[list[dict[str, str]]], max_token
 def _latency(policy: Any, url: str, chats: list[list[dict[str, str]]], prompts: list[list[int]], max_tokens: int,
              n: int) -> list[float]:
     """Per-request (gateway - direct) seconds, one request at a time, same prompt and seed."""
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)  # one keep-alive connection
+
+    def through(k: int) -> float:
+        _reset(policy)
+        t0 = time.perf_counter()
+        client.chat.completions.create(model="bench", messages=chats[k], max_tokens=max_tokens, temperature=1.0, seed=k)  # type: ignore[arg-type]
+        return time.perf_counter() - t0
+
+    through(0)  # opens the connection
     added = []
     for i in range(n):  # alternate which path goes first, so a drifting machine load cancels out
         k = i % len(chats)
         if i % 2:
-            _, through = _gateway(policy, url, [chats[k]], max_tokens)
-            _, direct = _direct(policy, [prompts[k]], max_tokens)
+            gateway_s = through(k)
+            direct_s = _direct(policy, [prompts[k]], max_tokens, seeds=[k])[1]
         else:
-            _, direct = _direct(policy, [prompts[k]], max_tokens)
-            _, through = _gateway(policy, url, [chats[k]], max_tokens)
-        added.append(through - direct)
+            direct_s = _direct(policy, [prompts[k]], max_tokens, seeds=[k])[1]
+            gateway_s = through(k)
+        added.append(gateway_s - direct_s)
+    client.close()
     return added
+
+
+class _InstantPolicy:
+    """Answers every prompt at once with the same few tokens: the gateway's own cost (HTTP, rendering,
+    batching, records) without an engine."""
+
+    backend: str = "instant"
+    model: str = "bench"
+    version: int = 0
+    max_model_len: int = 2048
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids = tokenizer.encode("It falls.", add_special_tokens=False) + [int(tokenizer.eos_token_id)]
+
+    def generate(self, prompts: Any, sampling: Any, seeds: Any = None) -> list[Any]:
+        from steppo_agent.policies.base import Generation
+
+        return [Generation(list(self.ids), [-0.1] * len(self.ids), "It falls.", "stop") for _ in prompts]
+
+    def close(self) -> None:
+        pass
+
+
+def _overhead(tokenizer: Any, chats: list[list[dict[str, str]]], window_s: float, n: int) -> float:
+    """Median round trip (seconds) of one request at a time through a gateway over :class:`_InstantPolicy`."""
+    import openai
+
+    from steppo_agent.gateway import GatewayConfig, start_gateway
+
+    with tempfile.TemporaryDirectory() as tmp, start_gateway(_InstantPolicy(tokenizer), GatewayConfig(
+            output=Path(tmp) / "instant.jsonl", port=0, served_model_name="bench", batch_window_s=window_s)) as gw:
+        client = openai.OpenAI(base_url=gw.url, api_key="none", max_retries=0)
+        times = []
+        for i in range(n + 5):
+            t0 = time.perf_counter()
+            client.chat.completions.create(model="bench", messages=chats[i % len(chats)], max_tokens=4)  # type: ignore[arg-type]
+            times.append(time.perf_counter() - t0)
+        client.close()
+    return statistics.median(times[5:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 if tokens_gw != tokens:
                     print(f"note: {tokens_gw} tokens through the gateway vs {tokens} direct", file=sys.stderr)
             added = _latency(policy, gw.url, chats, prompts, args.latency_max_tokens, args.latency_requests)
-            stats = gw.server.config.app.state.gateway.batcher.stats
+            stats = gw.gateway.batcher.stats
+    tokenizer = policy.tokenizer
     policy.close()
+    instant = _overhead(tokenizer, chats, args.batch_window, 50)
     d, g = statistics.median(direct_tps), statistics.median(gateway_tps)
     print(f"cpu: {describe_cpu()}")
     print(f"model {args.model}, {args.clients} concurrent requests x {args.max_tokens} max tokens, {args.repeats} repeats")
@@ -133,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"added latency/request    {1000 * statistics.median(added):8.1f} ms median over {len(added)} single requests "
           f"of {args.latency_max_tokens} tokens "
           f"(min {1000 * min(added):.1f}, max {1000 * max(added):.1f})")
+    print(f"gateway alone            {1000 * instant:8.1f} ms median round trip per request (openai client, HTTP, "
+          f"rendering, a {1000 * args.batch_window:.0f} ms batch window, records) with a policy that answers at once")
     print(f"batching: {stats.requests} requests in {stats.calls} policy calls (largest {max(stats.sizes)})")
     return 0
 

@@ -18,7 +18,7 @@ __all__ = ["add_parser"]
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's private generic
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``gateway``."""
     p = sub.add_parser("gateway", help="serve an OpenAI-compatible API that records every request as a step (JSONL)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or path (default {DEFAULT_MODEL})")

@@ -11,12 +11,18 @@ See docs/gateway.md.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from steppo_agent.gateway.config import GatewayConfig
+
+if TYPE_CHECKING:  # the real types for type checkers; at run time they load on first use (__getattr__)
+    from steppo_agent.gateway.app import create_app
+    from steppo_agent.gateway.server import RunningGateway, serve, start_gateway
 
 __all__ = ["GatewayConfig", "RunningGateway", "create_app", "serve", "start_gateway"]
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     """FastAPI / uvicorn load only when the app or server is asked for."""
     if name == "create_app":
         from steppo_agent.gateway.app import create_app

@@ -9,22 +9,23 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from steppo_agent.gateway.app import create_app
+from steppo_agent.gateway.app import Gateway, create_app
 from steppo_agent.gateway.config import GatewayConfig
 from steppo_agent.policies.base import Policy
 
 __all__ = ["RunningGateway", "serve", "start_gateway"]
 
 
-def _server(policy: Policy, config: GatewayConfig) -> uvicorn.Server:
+def _server(policy: Policy, config: GatewayConfig) -> tuple[uvicorn.Server, Gateway]:
     app = create_app(policy, config)
-    return uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                        access_log=False, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                          access_log=False, timeout_graceful_shutdown=5))
+    return server, app.state.gateway
 
 
 def serve(policy: Policy, config: GatewayConfig) -> None:
     """Serve until Ctrl-C / SIGTERM; open episodes are then written as truncated (``shutdown``)."""
-    _server(policy, config).run()
+    _server(policy, config)[0].run()
 
 
 @dataclass
@@ -35,6 +36,7 @@ class RunningGateway:
     thread: threading.Thread
     host: str
     port: int
+    gateway: Gateway  # the app's state: batcher stats, episode store
 
     @property
     def url(self) -> str:
@@ -55,7 +57,7 @@ class RunningGateway:
 
 def start_gateway(policy: Policy, config: GatewayConfig, timeout_s: float = 30.0) -> RunningGateway:
     """Start the gateway in a daemon thread and return once it accepts connections (``port=0``: a free port)."""
-    server = _server(policy, config)
+    server, gateway = _server(policy, config)
     thread = threading.Thread(target=server.run, name="steppo-gateway", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s
@@ -64,4 +66,4 @@ def start_gateway(policy: Policy, config: GatewayConfig, timeout_s: float = 30.0
             raise RuntimeError(f"the gateway did not start on {config.host}:{config.port}: is the port free?")
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    return RunningGateway(server, thread, config.host, int(port))
+    return RunningGateway(server, thread, config.host, int(port), gateway)
