@@ -110,12 +110,13 @@ class _InstantPolicy:
     model: str = "bench"
     version: int = 0
     max_model_len: int = 2048
+    wants_infos: bool = False
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.ids = tokenizer.encode("It falls.", add_special_tokens=False) + [int(tokenizer.eos_token_id)]
 
-    def generate(self, prompts: Any, sampling: Any, seeds: Any = None) -> list[Any]:
+    def generate(self, prompts: Any, sampling: Any, seeds: Any = None, infos: Any = None) -> list[Any]:
         from steppo_agent.policies.base import Generation
 
         return [Generation(list(self.ids), [-0.1] * len(self.ids), "It falls.", "stop") for _ in prompts]
