@@ -55,10 +55,8 @@ def run(args: argparse.Namespace) -> int:
     config = GatewayConfig(output=args.output, host=args.host, port=args.port, served_model_name=args.served_model_name,
                            default_max_tokens=args.max_tokens, idle_timeout_s=args.idle_timeout,
                            batch_window_s=args.batch_window)
-    policy_config = PolicyConfig(backend=args.backend, model=args.model, dtype=args.dtype, max_model_len=args.max_model_len)
-    if args.base_url:
-        policy_config.base_urls = list(args.base_url)
-    policy = make_policy(policy_config)
+    policy = make_policy(PolicyConfig(backend=args.backend, model=args.model, dtype=args.dtype, max_model_len=args.max_model_len,
+                                      **({"base_urls": list(args.base_url)} if args.base_url else {})))
     print(f"steppo gateway: http://{config.host}:{config.port}/v1 ({policy.backend} {policy.model}) -> {config.output}",
           flush=True)
     try:
