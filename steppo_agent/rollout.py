@@ -47,7 +47,7 @@ from steppo_envs.config import ConfigError, UserError
 from steppo_envs.progress import progress_bar
 
 __all__ = ["STATIC_INFO_KEYS", "EnvSetupError", "OutputExistsError", "RenderFn", "RolloutConfig", "RolloutStats",
-           "check_env", "check_output", "derive_seed", "make_checked_env", "resolve_env_spec", "resumed_ids",
+           "check_env", "check_output", "check_policy", "derive_seed", "make_checked_env", "resolve_env_spec", "resumed_ids",
            "run_rollout", "trajectory_id"]
 
 RenderFn = Callable[[Any, str, str, list[dict[str, Any]]], list[int]]
@@ -332,6 +332,13 @@ class _Runner:
             self._end(ep, truncated=True, reason="max_steps")
 
 
+def check_policy(policy: Policy) -> None:
+    """Refuse a policy (a user's class, ``--policy``) that does not declare the Policy protocol's ``wants_infos``."""
+    if not isinstance(getattr(policy, "wants_infos", None), bool):
+        raise ConfigError(f"policy {type(policy).__name__} does not declare wants_infos (see the Policy protocol): add "
+                          "the class attribute wants_infos = False (True to receive each episode's env info).")
+
+
 def run_rollout(
     policy: Policy,
     config: RolloutConfig,
@@ -359,9 +366,7 @@ def run_rollout(
     from steppo_agent.trajectory_io import TrajectoryWriter
 
     render_fn = render or render_prompt_ids
-    if not isinstance(getattr(policy, "wants_infos", None), bool):  # a user's policy class (--policy)
-        raise ConfigError(f"policy {type(policy).__name__} does not declare wants_infos (see the Policy protocol): add "
-                          "the class attribute wants_infos = False (True to receive each episode's env info).")
+    check_policy(policy)
     check_output(config)
     done_ids = resumed_ids(config, (policy.backend, policy.model))
     todo = deque((config.seed + i, j) for i in range(config.num_tasks) for j in range(config.group_size)

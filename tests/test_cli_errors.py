@@ -183,3 +183,18 @@ def test_resume_onto_other_settings_is_refused(
     # the same settings continue the file
     assert main(["rollout", "--env", TOY, *FAKE, "-n", "4", "-q", "--output", str(out), "--resume"]) == 0
     assert out.read_text().count("\n") == 4
+
+
+def test_deprecated_env_option_warns_on_the_command_line(tmp_path: Path) -> None:
+    """Python hides library DeprecationWarnings; the CLI shows a renamed env option's."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "x.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "steppo", "rollout", "--backend", "expert", "--env", "steppo/MultiHopQA-v0",
+         "--env-arg", "dataset=eval", "-n", "1", "-q", "-o", str(out)],
+        capture_output=True, text=True, timeout=300, check=False)
+    warned = [line for line in proc.stderr.splitlines() if "DeprecationWarning" in line]
+    assert warned, proc.stderr
+    assert all("'dataset' is deprecated" in line and "use 'split'" in line for line in warned)

@@ -149,7 +149,7 @@ def test_a_plugin_cannot_replace_a_bundled_id(site: Path, tmp_path: Path, monkey
 def test_worker_processes_rebuild_a_plugin_tool_env(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--workers N`` sends the env spec to spawned processes: the tool env's definition pickles as a
     reference (id + defining module) that the worker imports."""
-    from steppo_agent.rollout import EnvPool
+    from steppo_agent.env_pool import EnvPool
 
     monkeypatch.syspath_prepend(str(site))  # spawned workers inherit sys.path
     importlib.invalidate_caches()

@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -102,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)
+    # Python hides DeprecationWarnings raised inside libraries; a renamed env option is the user's to fix.
+    warnings.filterwarnings("default", message=r".*the option .* is deprecated", category=DeprecationWarning)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -15,7 +15,7 @@ __all__ = ["ENV_ARG_HELP", "UsageError", "check_readable_file", "check_writable_
 ENV_ARG_HELP = (
     "environment option (repeatable); VALUE is JSON when it parses, else the plain string: max_steps=5, "
     "invalid_penalty=0.1, expert=true, data_dir=null, 'game_files=[\"a.z8\",\"b.z8\"]' (a list, even of one), "
-    "dataset=eval (not JSON: the string), 'name=\"123\"' (a string that looks like a number)"
+    "split=eval (not JSON: the string), 'name=\"123\"' (a string that looks like a number)"
 )
 
 
@@ -27,7 +27,7 @@ def parse_env_kwargs(items: list[str] | None, flag: str = "--env-arg") -> dict[s
     """Parse repeated ``KEY=VALUE`` options; values are JSON when they parse, else strings.
 
     ``max_steps=5`` -> ``5``; ``expert=true`` -> ``True``; ``data_dir=null`` -> ``None``;
-    ``game_files=["a.z8"]`` -> ``["a.z8"]``; ``dataset=eval`` -> ``"eval"`` (not JSON, so the text);
+    ``game_files=["a.z8"]`` -> ``["a.z8"]``; ``split=eval`` -> ``"eval"`` (not JSON, so the text);
     ``name="123"`` -> ``"123"`` (JSON quotes keep a number-like value a string); ``key=`` -> ``""``.
     """
     out: dict[str, Any] = {}

@@ -18,15 +18,13 @@ from steppo.cli.common import ENV_ARG_HELP, UsageError, check_writable_dir, pars
 from steppo_agent.policies import Backend, PolicyConfig
 from steppo_agent.records import SamplingConfig
 
-__all__ = ["DEFAULT_ENV", "SPLIT_OPTION", "add_parser", "build_policy", "default_output"]
+__all__ = ["DEFAULT_ENV", "add_parser", "build_policy", "default_output"]
 
 #: The environment ``steppo rollout`` / ``steppo eval`` play when ``--env`` is not given.
 DEFAULT_ENV = "steppo/TextWorld-v0"
 DEFAULT_MODEL: str = PolicyConfig.model_fields["model"].default
 _MAX_MODEL_LEN: int = PolicyConfig.model_fields["max_model_len"].default
 _MAX_TOKENS: int = SamplingConfig.model_fields["max_tokens"].default
-#: The env option ``steppo eval --split`` sets (envs not listed take ``split``).
-SPLIT_OPTION: dict[str, str] = {"steppo/MultiHopQA-v0": "dataset"}
 
 
 def default_output(kind: str, env_id: str) -> Path:
@@ -73,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="greedy evaluation: success / return / steps per split, records written")
     _add_common(e)
     e.add_argument("--split", default=None,
-                   help="the env's split option (e.g. MultiHopQA's dataset=eval; other envs' split=...)")
+                   help="the env's split option, e.g. eval (the same as --env-arg split=eval)")
     e.set_defaults(func=run_eval_cmd, num_tasks=20)
 
 
@@ -174,7 +172,7 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
 
     env_kwargs = parse_env_kwargs(args.env_arg)
     if args.split is not None:
-        env_kwargs[SPLIT_OPTION.get(args.env, "split")] = args.split
+        env_kwargs["split"] = args.split
     sampling = SamplingConfig(temperature=0.0, max_tokens=args.max_tokens, stop=list(args.stop or []), seed=0)
     output, _ = _run(args, "eval", sampling, 1, env_kwargs)
     trajs = read_trajectories(output)  # with --resume: the earlier records too
