@@ -115,12 +115,12 @@ def _range(info: FieldInfo) -> str:
 
 
 def _example(info: FieldInfo | None) -> str:
-    if info is None:
+    if info is None or info.is_required():
         return "..."
     default = info.get_default(call_default_factory=True)
     if isinstance(default, BaseModel):
         default = default.model_dump()
-    return json.dumps(default)
+    return json.dumps(default, default=str)
 
 
 def _shown(value: Any) -> str:
@@ -149,13 +149,15 @@ def explain_validation_error(cls: type[BaseModel], exc: pydantic.ValidationError
         fix = hints.get(name) or f"e.g. {prefix}{name}={_example(info)}"
         kind, got = err.get("type", ""), err.get("input")
         inner = (err.get("ctx") or {}).get("error")
-        if kind == "value_error" and isinstance(inner, ConfigError):
+        if kind == "value_error" and isinstance(inner, Exception):  # a validator's own sentence names the fix
             parts[f"{name}/{len(parts)}"] = str(inner).rstrip(".")
         elif kind == "extra_forbidden":
             parent = field_info(cls, loc[:-1]) if len(loc) > 1 else None
             owner = _model_of(parent.annotation) if parent is not None else cls
             valid = sorted(owner.model_fields) if owner is not None else []
             parts[name] = f"unknown option {name}{did_you_mean([str(loc[-1])], valid)}: valid options are {', '.join(valid)}"
+        elif kind == "missing":
+            parts[name] = f"{name} is required and has no default: give it, e.g. {prefix}{name}=..."
         elif kind == "finite_number":
             parts[name] = f"{name} must be a finite number, not {_shown(got)}: {fix}"
         elif kind in _RANGE_ERRORS and info is not None:

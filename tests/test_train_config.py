@@ -107,3 +107,14 @@ def test_the_docs_name_every_algorithm_in_order() -> None:
     assert tuple(n.strip() for n in named) == ALGOS
     help_line = next(line for line in (docs / "cli.md").read_text().splitlines() if line.startswith("  --algo ALGO"))
     assert tuple(help_line.split(None, 2)[2].split(" | ")) == ALGOS
+
+
+def test_config_model_errors_for_a_missing_field_and_a_validator_name_the_fix(tmp_path: Path) -> None:
+    from steppo_agent.gateway.config import GatewayConfig
+
+    with pytest.raises(ConfigError, match=r"^bad value for GatewayConfig: output is required and has no default"):
+        GatewayConfig(port=1)
+    with pytest.raises(ConfigError, match=r"output .* is a folder: pass a JSONL file path"):
+        GatewayConfig(output=tmp_path)
+    with pytest.raises(ConfigError, match=r"port must be in \[0, 65535\] \(got -1\): e.g. port=8100"):
+        GatewayConfig(output=tmp_path / "gw.jsonl", port=-1)

@@ -1,18 +1,18 @@
-"""Gateway settings (pydantic): where records go, how requests are batched, when episodes time out."""
+"""Gateway settings (a :class:`~steppo_agent.config_model.ConfigModel`, like every agent config): where records go, how requests are batched, when episodes time out."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from steppo_agent.config_model import ConfigModel
 
 __all__ = ["GatewayConfig"]
 
 
-class GatewayConfig(BaseModel):
+class GatewayConfig(ConfigModel):
     """How the step gateway serves, batches and records (the policy is built and passed separately)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     output: Path = Field(description="JSONL file that receives each ended episode (appended, flushed, fsync'ed).")
     served_model_name: str | None = Field(
