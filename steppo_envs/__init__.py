@@ -16,6 +16,7 @@ import gymnasium
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
 from steppo_envs.checker import check_step_env
 from steppo_envs.config import ConfigError, UserError, build_config, deprecated_aliases, renamed_options
+from steppo_envs.config_model import ConfigModel
 from steppo_envs.contract import (
     EpisodeOverError,
     MissingExtraError,
@@ -52,6 +53,7 @@ __all__ = [
     "PLUGIN_GROUP",
     "BM25Index",
     "ConfigError",
+    "ConfigModel",
     "DataDirError",
     "EnvEntry",
     "EpisodeOverError",

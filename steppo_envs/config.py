@@ -2,7 +2,9 @@
 
 Every environment takes ``config: SomeConfig | None`` plus keyword overrides of that config's fields,
 so ``gymnasium.make("steppo/MultiHopQA-v0", max_steps=3)`` works and a typo raises an error naming
-the valid fields instead of being swallowed.
+the valid fields instead of being swallowed. The configs are pydantic models deriving from
+:class:`~steppo_envs.config_model.ConfigModel` (frozen for the envs); :func:`build_config` also takes
+a plain dataclass config (an older env of your own), checking its fields' types the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import difflib
 import functools
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, TypeVar, cast
 
@@ -22,11 +24,11 @@ __all__ = [
     "ConfigError",
     "UserError",
     "build_config",
-    "check_all",
     "deprecated_aliases",
     "describe_validation_error",
     "did_you_mean",
     "renamed_options",
+    "replace_config",
     "resolve_aliases",
     "validate_dataclass",
     "with_max_steps",
@@ -87,25 +89,42 @@ def validate_dataclass(cls: type[C], values: dict[str, Any]) -> C:
         raise ConfigError(f"bad value for {cls.__name__}: {describe_validation_error(exc)}.") from None
 
 
-def _field_names(dataclass_or_instance: Any) -> list[str]:
-    """The field names of a dataclass (or of a dataclass instance), in declaration order."""
-    return [f.name for f in dataclasses.fields(dataclass_or_instance)]
+def _is_model(cls: type) -> bool:
+    return isinstance(cls, type) and issubclass(cls, pydantic.BaseModel)
 
 
-def check_all(owner: str, checks: Sequence[tuple[bool, str]]) -> None:
-    """Raise :class:`ConfigError` ``invalid <owner>: <message>.`` for the first failed ``(ok, message)``
-    check (each message names the fix, e.g. ``"max_steps must be at least 1"``)."""
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"invalid {owner}: {message}.")
+def _field_names(cls: type) -> list[str]:
+    """The field names of a config class (a pydantic model or a dataclass), in declaration order."""
+    if _is_model(cls):
+        return list(cast(type[pydantic.BaseModel], cls).model_fields)
+    return [f.name for f in dataclasses.fields(cls)]
 
 
-def with_max_steps(config: C, max_steps: int, validate: Callable[[C], None]) -> C:
-    """``config`` with ``max_steps`` replaced and checked by ``validate``: what every env's
-    ``set_max_steps`` (``gymnasium.make(id, max_episode_steps=N)``) does to its config."""
-    new: C = dataclasses.replace(cast(Any, config), max_steps=int(max_steps))  # C is a config dataclass
-    validate(new)
-    return new
+def _build(cls: type[C], values: dict[str, Any]) -> C:
+    """``cls`` from ``values``, every field checked; a bad one raises :class:`ConfigError` naming the fix."""
+    if not _is_model(cls):
+        return validate_dataclass(cls, values)
+    if hasattr(cls, "build"):  # a ConfigModel: its own one-sentence errors
+        built: C = cast(Any, cls).build(values)
+        return built
+    try:
+        validated: C = cast(Any, cls).model_validate(values)
+        return validated
+    except pydantic.ValidationError as exc:
+        raise ConfigError(f"bad value for {cls.__name__}: {describe_validation_error(exc)}.") from None
+
+
+def replace_config(config: C, **changes: Any) -> C:
+    """A validated copy of ``config`` with ``changes`` (``dataclasses.replace`` / ``model_copy(update=...)``
+    plus the config's checks): a bad value raises :class:`ConfigError` naming the fix."""
+    names = _field_names(type(config))
+    return _build(type(config), {**{name: getattr(config, name) for name in names}, **changes})
+
+
+def with_max_steps(config: C, max_steps: int) -> C:
+    """``config`` with ``max_steps`` replaced (and checked): what every env's ``set_max_steps``
+    (``gymnasium.make(id, max_episode_steps=N)``) does to its config."""
+    return replace_config(config, max_steps=max_steps)
 
 
 # -- deprecated option names -------------------------------------------------------------------------
@@ -158,9 +177,10 @@ def deprecated_aliases(cls: type) -> dict[str, str]:
 
 
 def renamed_options(**renames: str) -> Callable[[type[C]], type[C]]:
-    """Class decorator of a config dataclass: ``@renamed_options(old_name="new_name")`` keeps ``old_name``
+    """Class decorator of a config class: ``@renamed_options(old_name="new_name")`` keeps ``old_name``
     working for one release (in :func:`build_config`, ``gymnasium.make`` overrides and the class's own
-    constructor), with a :class:`DeprecationWarning`."""
+    constructor), with a :class:`DeprecationWarning`. A :class:`~steppo_envs.config_model.ConfigModel`
+    maps the old names in its ``model_validator(mode="before")``; a dataclass gets its ``__init__`` wrapped."""
 
     def decorate(cls: type[C]) -> type[C]:
         names = set(_field_names(cls))
@@ -168,6 +188,8 @@ def renamed_options(**renames: str) -> Callable[[type[C]], type[C]]:
         if missing:
             raise TypeError(f"renamed_options on {cls.__name__}: {missing} are not fields")
         _RENAMED[cls] = dict(renames)
+        if _is_model(cls):  # ConfigModel resolves deprecated_aliases(cls) before validating
+            return cls
         init = cls.__init__
 
         @functools.wraps(init)
@@ -181,7 +203,7 @@ def renamed_options(**renames: str) -> Callable[[type[C]], type[C]]:
 
 
 def build_config(cls: type[C], config: C | None, overrides: dict[str, Any]) -> C:
-    """Return ``config`` (or ``cls()``) with ``overrides`` applied, rejecting unknown field names.
+    """Return ``config`` (or ``cls()``) with ``overrides`` applied and checked, rejecting unknown field names.
 
     A deprecated name (:func:`renamed_options`) is mapped to its new field with a ``DeprecationWarning``."""
     if config is not None and not isinstance(config, cls):
@@ -196,4 +218,4 @@ def build_config(cls: type[C], config: C | None, overrides: dict[str, Any]) -> C
     base = config if config is not None else cls()
     if not overrides:
         return base
-    return validate_dataclass(cls, {**{name: getattr(base, name) for name in _field_names(base)}, **overrides})
+    return replace_config(base, **overrides)

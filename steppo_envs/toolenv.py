@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import gymnasium as gym
+from pydantic import ConfigDict, Field
 
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
-from steppo_envs.config import ConfigError, build_config, check_all, renamed_options, with_max_steps
+from steppo_envs.config import ConfigError, build_config, renamed_options, with_max_steps
+from steppo_envs.config_model import ConfigModel
 from steppo_envs.contract import check_can_step, check_render_mode, make_info, pick_task_index, text_space
 from steppo_envs.function_tools import FunctionTool, function_tool, tool_result_text
 from steppo_envs.plugins import check_env_id, check_reregistration
@@ -47,39 +49,23 @@ T = TypeVar("T")
 
 
 @renamed_options(history_chars="history_result_chars")
-@dataclass(frozen=True)
-class ToolEnvConfig:
-    """Settings of a :class:`ToolEnv` (pass to :func:`tool_env`, or as overrides to ``gymnasium.make``).
+class ToolEnvConfig(ConfigModel):
+    """Settings of a :class:`ToolEnv` (pass to :func:`tool_env`, or as overrides to ``gymnasium.make``)."""
 
-    Attributes:
-        max_steps: steps per episode (tool calls, answers and invalid actions all count); the last one
-            truncates the episode when it is not an answer.
-        budget_chars: character budget of one observation (about 4 characters per token).
-        result_chars: the latest tool result is cut to this many characters.
-        history_result_chars: each earlier tool result is cut to this many characters (0 = the action only;
-            deprecated old name: ``history_chars``).
-        max_tool_calls: tool calls allowed in one step (an answer-tool call must be the only one).
-        invalid_penalty: subtracted from the reward of an invalid step (non-negative; 0.1 gives -0.1).
-        success_reward: an answer whose reward is at least this sets ``info["success"]``.
-    """
+    model_config = ConfigDict(frozen=True)
 
-    max_steps: int = 8
-    budget_chars: int = 6000
-    result_chars: int = 1500
-    history_result_chars: int = 200
-    max_tool_calls: int = 1
-    invalid_penalty: float = 0.0
-    success_reward: float = 1.0
-
-
-def _validate(cfg: ToolEnvConfig) -> None:
-    check_all("ToolEnvConfig", [
-        (cfg.max_steps >= 1, "max_steps must be at least 1"),
-        (cfg.budget_chars >= 200, "budget_chars must be at least 200"),
-        (cfg.result_chars >= 40 and cfg.history_result_chars >= 0, "result_chars must be >= 40 and history_result_chars >= 0"),
-        (cfg.max_tool_calls >= 1, "max_tool_calls must be at least 1"),
-        (cfg.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
-    ])
+    max_steps: int = Field(8, ge=1, description=(
+        "Steps per episode (tool calls, answers and invalid actions all count); the last one truncates the "
+        "episode when it is not an answer."))
+    budget_chars: int = Field(6000, ge=200, description="Character budget of one observation (about 4 characters per token).")
+    result_chars: int = Field(1500, ge=40, description="The latest tool result is cut to this many characters.")
+    history_result_chars: int = Field(200, ge=0, description=(
+        "Each earlier tool result is cut to this many characters (0 = the action only; deprecated old name: "
+        "``history_chars``)."))
+    max_tool_calls: int = Field(1, ge=1, description="Tool calls allowed in one step (an answer-tool call must be the only one).")
+    invalid_penalty: float = Field(0.0, ge=0, description=(
+        "Subtracted from the reward of an invalid step (non-negative; 0.1 gives -0.1)."))
+    success_reward: float = Field(1.0, description="An answer whose reward is at least this sets ``info[\"success\"]``.")
 
 
 @dataclass(frozen=True)
@@ -292,7 +278,6 @@ class ToolEnv(gym.Env[str, str]):
                  render_mode: str | None = None, **overrides: Any) -> None:
         self.definition = definition
         self.config = build_config(ToolEnvConfig, config if config is not None else definition.config, overrides)
-        _validate(self.config)
         self.render_mode = check_render_mode(render_mode)
         self.tools: tuple[ToolSpec, ...] = definition.specs
         self.system_prompt = system_prompt(definition, self.config)
@@ -343,7 +328,7 @@ class ToolEnv(gym.Env[str, str]):
 
     def set_max_steps(self, max_steps: int) -> None:
         """Change the step limit (``gymnasium.make(id, max_episode_steps=N)`` calls it before the first reset)."""
-        self.config = with_max_steps(self.config, max_steps, _validate)
+        self.config = with_max_steps(self.config, max_steps)
         self.system_prompt = system_prompt(self.definition, self.config)
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -519,7 +504,6 @@ def tool_env(
     built, answer_name = _as_tools(tools)
     base = config if config is not None else ToolEnvConfig()
     base = build_config(ToolEnvConfig, base, {} if max_steps is None else {"max_steps": max_steps})
-    _validate(base)
     prompt_fn = _prompt_fn(prompt)
     _check_first_task(prompt_fn, records, prompt)
     module = sys._getframe(1).f_globals.get("__name__", "")

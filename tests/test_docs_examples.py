@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib.util
 import json
 import re
@@ -185,7 +184,7 @@ def _table(doc: Path, heading: str) -> list[list[str]]:
 def test_tool_env_config_table_equals_the_defaults() -> None:
     rows = _table(ENVIRONMENTS, "### Configuration (`ToolEnvConfig`)")
     documented = {row[0].strip("`"): ast.literal_eval(row[1]) for row in rows}
-    defaults = {f.name: f.default for f in dataclasses.fields(ToolEnvConfig)}
+    defaults = {name: f.default for name, f in ToolEnvConfig.model_fields.items()}
     assert documented == defaults
 
 

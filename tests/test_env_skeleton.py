@@ -10,6 +10,7 @@ from typing import Any
 
 import gymnasium
 import numpy as np
+import pydantic
 import pytest
 
 import steppo_envs
@@ -26,6 +27,7 @@ from steppo_envs import (
     tool_env,
 )
 from steppo_envs.alfworld_env.env import ALFWorldConfig
+from steppo_envs.config_model import ConfigModel
 from steppo_envs.multihop import MultiHopQAConfig
 from steppo_envs.paper_search.env import PaperSearchConfig
 from steppo_envs.textworld_env.env import TextWorldConfig
@@ -69,6 +71,8 @@ def test_an_old_name_still_works_with_a_deprecation_warning(cls: type[Any], old:
     assert direct == built
     with pytest.raises(ConfigError, match=f"both '{old}' and '{new}': give only '{new}'"):
         build_config(cls, None, {old: value, new: value})
+    with pytest.raises(ConfigError, match=f"both '{old}' and '{new}': give only '{new}'"):
+        cls(**{old: value, new: value})
 
 
 def test_the_warning_points_at_the_callers_line() -> None:
@@ -81,15 +85,36 @@ def test_the_warning_points_at_the_callers_line() -> None:
 
 
 def test_text_worlds_share_one_settings_class() -> None:
-    shared = [f.name for f in EpisodeSettings.__dataclass_fields__.values()]
+    shared = list(EpisodeSettings.model_fields)
     for cls in (TextWorldConfig, ALFWorldConfig):
-        assert issubclass(cls, EpisodeSettings) and list(cls.__dataclass_fields__)[: len(shared)] == shared
+        assert issubclass(cls, EpisodeSettings) and list(cls.model_fields)[: len(shared)] == shared
     assert (TextWorldConfig().show_inventory, ALFWorldConfig().show_inventory) == (True, False)
     assert TextWorldConfig(prompt_style="compact").compact and not ALFWorldConfig().compact
-    with pytest.raises(ConfigError, match="invalid TextWorldConfig: budget_chars must be at least 500"):
-        steppo_envs.textworld_env.env._validate(TextWorldConfig(budget_chars=10))
-    with pytest.raises(ConfigError, match="invalid ALFWorldConfig: max_command_chars must be at least 8"):
-        steppo_envs.alfworld_env.env._validate(ALFWorldConfig(max_command_chars=2))
+    with pytest.raises(ConfigError, match=r"bad value for TextWorldConfig: budget_chars must be >= 500 \(got 10\): e.g. budget_chars=6000\.$"):
+        TextWorldConfig(budget_chars=10)
+    with pytest.raises(ConfigError, match=r"bad value for ALFWorldConfig: max_command_chars must be >= 8 \(got 2\)"):
+        ALFWorldConfig(max_command_chars=2)
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=[c.__name__ for c in CONFIGS])
+def test_every_env_config_is_one_frozen_documented_model(cls: type[Any]) -> None:
+    """One configuration style (issue 15): a frozen ConfigModel, a description per field, unknown names
+    and bad values one ConfigError naming the fix, ``updated`` the validated ``dataclasses.replace``."""
+    assert issubclass(cls, ConfigModel) and cls.model_config.get("frozen") is True
+    assert [name for name, f in cls.model_fields.items() if not (f.description or "").strip()] == []
+    config = cls()
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        config.max_steps = 3
+    assert config.updated(max_steps=3).max_steps == 3 and config.max_steps != 3
+    with pytest.raises(ConfigError, match=rf"bad value for {cls.__name__}: max_steps must be >= 1 \(got 0\): e.g. max_steps="):
+        config.updated(max_steps=0)
+    with pytest.raises(ConfigError, match=r"unknown option max_step \(did you mean max_steps\?\): valid options are "):
+        cls(max_step=3)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) max_step for .*\(did you mean max_steps\?\)"):
+        build_config(cls, None, {"max_step": 3})
+    with pytest.raises(ConfigError, match="invalid_penalty must be a finite number, not nan"):
+        build_config(cls, config, {"invalid_penalty": float("nan")})
+    assert build_config(cls, None, {"max_steps": "7"}).max_steps == 7  # --env-arg strings are converted
 
 
 def test_pick_task_index_rules() -> None:

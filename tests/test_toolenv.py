@@ -271,7 +271,7 @@ def test_registration_replaces_a_tool_env_but_not_a_bundled_id() -> None:
         (dict(prompt="{missing}"), "cannot be filled from task 0"),
         (dict(tools=[add, add]), "share the name 'add'"),
         (dict(tools=add), "non-empty list of functions"),
-        (dict(max_steps=0), "max_steps must be at least 1"),
+        (dict(max_steps=0), r"max_steps must be >= 1 \(got 0\)"),
     ],
 )
 def test_bad_definitions_name_the_fix(kw: dict[str, Any], needle: str) -> None:

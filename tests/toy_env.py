@@ -3,7 +3,8 @@
 It is also the worked example of writing and registering your own environment:
 
 * subclass ``gymnasium.Env[str, str]`` with ``text_space()`` observation / action spaces;
-* one config dataclass, built with ``build_config`` (so typos in options are errors);
+* one frozen config model (a ``ConfigModel``, a description per field), built with ``build_config``
+  (so typos in options and bad values are errors naming the fix);
 * ``reset`` calls ``super().reset(seed=seed)`` and draws the task from ``self.np_random``;
 * every observation re-renders the whole state; ``info`` comes from ``make_info``;
 * the raw response is parsed with ``parse_action``; a bad action is a normal (invalid) step with
@@ -20,14 +21,16 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import gymnasium
+from pydantic import ConfigDict, Field, model_validator
 
 from steppo_agent.policies.base import Generation
 from steppo_agent.records import SamplingConfig
 from steppo_envs import (
+    ConfigError,
+    ConfigModel,
     ToolSpec,
     build_config,
     check_can_step,
@@ -49,25 +52,23 @@ GUESS_TOOL = ToolSpec(
 )
 
 
-@dataclass(frozen=True)
-class GuessConfig:
-    """Options of :class:`GuessEnv`.
+class GuessConfig(ConfigModel):
+    """Options of :class:`GuessEnv` (frozen; a typo or a bad value is one ``ConfigError`` naming the fix)."""
 
-    Attributes:
-        low: smallest possible secret.
-        high: largest possible secret.
-        max_steps: guesses allowed before the episode is truncated.
-        invalid_penalty: reward of an invalid action (a negative number).
-        step_delay: seconds each ``step`` sleeps (only to make kill tests robust).
-        padding: extra words appended to every observation (to test context-length limits).
-    """
+    model_config = ConfigDict(frozen=True)
 
-    low: int = 1
-    high: int = 16
-    max_steps: int = 4
-    invalid_penalty: float = -0.1
-    step_delay: float = 0.0
-    padding: int = 0
+    low: int = Field(1, description="Smallest possible secret.")
+    high: int = Field(16, description="Largest possible secret.")
+    max_steps: int = Field(4, ge=1, description="Guesses allowed before the episode is truncated.")
+    invalid_penalty: float = Field(-0.1, le=0, description="Reward of an invalid action (a negative number).")
+    step_delay: float = Field(0.0, ge=0, description="Seconds each ``step`` sleeps (only to make kill tests robust).")
+    padding: int = Field(0, ge=0, description="Extra words appended to every observation (to test context-length limits).")
+
+    @model_validator(mode="after")
+    def _secret_range(self) -> Self:
+        if self.high < self.low:
+            raise ConfigError(f"high={self.high} is below low={self.low}: pass high >= low.")
+        return self
 
 
 class GuessEnv(gymnasium.Env[str, str]):

@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
+from pydantic import Field
 
-from steppo_envs.config import ConfigError, build_config, check_all
+from steppo_envs.config import ConfigError, build_config
 from steppo_envs.contract import check_render_mode, optional_import, pick_task_index, text_space
 from steppo_envs.paths import resolve_data_dir
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
@@ -39,27 +40,27 @@ TASK_TYPES = (
 _TASK_RE = re.compile(r"Your task is to:\s*(.+)", re.S)
 
 
-@dataclass(frozen=True)
 class ALFWorldConfig(EpisodeSettings):
     """Settings of :class:`ALFWorldEnv` (pass as ``config=`` or as keyword overrides): the shared
     episode settings of :class:`~steppo_envs.textworld_env.episode.EpisodeSettings` (the same fields
     and defaults as ``TextWorldConfig``, except ``show_inventory=False``; with ``expert=True``
-    ALFWorld's PDDL planner runs every step) plus:
+    ALFWorld's PDDL planner runs every step) plus the game source fields below."""
 
-    Attributes:
-        data_dir: folder holding ``alfworld/json_2.1.1``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``.
-        split: ``"train_subset"`` (360 games), ``"valid_seen"`` (140) or ``"valid_unseen"`` (134); a
-            comma-separated list pools several.
-        task_types: keep only these task types (empty: all six, see ``TASK_TYPES``).
-        game_files: explicit ``game.tw-pddl`` paths; when given, ``split`` and ``task_types`` are ignored.
-        show_inventory: include the inventory section (one extra engine call per step); off by default.
-    """
+    fix_hints: ClassVar[dict[str, str]] = {
+        "game_files": 'pass a list of paths, not one string, e.g. game_files=["game.tw-pddl"]',
+        "task_types": 'pass a list of task types, not one string, e.g. task_types=["pick_and_place_simple"]',
+    }
 
-    data_dir: str | None = None
-    split: str = "train_subset"
-    task_types: tuple[str, ...] = ()
-    game_files: tuple[str, ...] = ()
-    show_inventory: bool = False
+    data_dir: str | None = Field(None, description=(
+        "Folder holding ``alfworld/json_2.1.1``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``."))
+    split: str = Field("train_subset", description=(
+        "``\"train_subset\"`` (360 games), ``\"valid_seen\"`` (140) or ``\"valid_unseen\"`` (134); a comma-separated "
+        "list pools several."))
+    task_types: tuple[str, ...] = Field((), description="Keep only these task types (empty: all six, see ``TASK_TYPES``).")
+    game_files: tuple[str, ...] = Field((), description=(
+        "Explicit ``game.tw-pddl`` paths; when given, ``split`` and ``task_types`` are ignored."))
+    show_inventory: bool = Field(False, description=(
+        "Include the inventory section (one extra engine call per step); off by default."))
 
 
 SYSTEM_PROMPT = """You are a household robot in a text world. Each turn shows your task, what just happened, your recent
@@ -130,24 +131,13 @@ def _wrappers() -> list[Any]:
     return [module.AlfredDemangler(), module.AlfredInfos]
 
 
-def _validate(cfg: ALFWorldConfig) -> None:
-    check_all("ALFWorldConfig", [
-        *cfg.checks(),
-        (not isinstance(cfg.game_files, str) and not isinstance(cfg.task_types, str), "game_files and task_types must be lists"),
-    ])
-
-
 class ALFWorldEnv(gym.Env[str, str]):
     """ALFWorld text games (see the module docstring)."""
 
     metadata: dict[str, Any] = {"render_modes": ["ansi"]}
 
     def __init__(self, config: ALFWorldConfig | None = None, *, render_mode: str | None = None, **overrides: Any) -> None:
-        for key in ("game_files", "task_types"):
-            if isinstance(overrides.get(key), list):
-                overrides[key] = tuple(overrides[key])
         self.config = build_config(ALFWorldConfig, config, overrides)
-        _validate(self.config)
         optional_import("textworld", "alfworld")
         optional_import("alfworld.agents.environment.alfred_tw_env", "alfworld")
         self.render_mode = check_render_mode(render_mode)
@@ -172,7 +162,7 @@ class ALFWorldEnv(gym.Env[str, str]):
     def set_max_steps(self, max_steps: int) -> None:
         """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
         max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
-        self.config = self._episode.set_max_steps(max_steps, _validate)
+        self.config = self._episode.set_max_steps(max_steps)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Start an episode on a game drawn uniformly (``options={"task_index": i}`` picks game ``i``)."""

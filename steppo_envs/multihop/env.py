@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+from pydantic import ConfigDict, Field
 
 from steppo_envs.actions import ParsedAction, clean_action_text, format_hint, parse_action
-from steppo_envs.config import ConfigError, build_config, check_all, renamed_options, with_max_steps
+from steppo_envs.config import ConfigError, build_config, renamed_options, with_max_steps
+from steppo_envs.config_model import ConfigModel
 from steppo_envs.contract import check_can_step, check_render_mode, make_info, pick_task_index, text_space
 from steppo_envs.metrics import best_f1, exact_match
 from steppo_envs.multihop.data import (
@@ -38,44 +40,33 @@ __all__ = ["SEARCH_TOOL", "MultiHopQAConfig", "MultiHopQAEnv", "load_task_data"]
 
 
 @renamed_options(dataset="split")
-@dataclass(frozen=True)
-class MultiHopQAConfig:
-    """Settings of :class:`MultiHopQAEnv` (pass as ``config=`` or as keyword overrides).
+class MultiHopQAConfig(ConfigModel):
+    """Settings of :class:`MultiHopQAEnv` (pass as ``config=`` or as keyword overrides)."""
 
-    Attributes:
-        data_dir: folder holding ``multihop_qa/``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``.
-        split: ``"train"`` (IRCoT HotpotQA 500 + HotpotQA train 100, minus eval overlaps), ``"eval"``
-            (HotpotQA, MuSiQue and 2Wiki, 200 each), a dataset name such as ``"musique_dev200"``, the path
-            of your own ``.json`` / ``.jsonl`` file in the HotpotQA layout (its paragraphs are added to
-            the searched corpus), a comma-separated list of those, or ``"hub:hotpot_qa[:split]"`` (needs
-            the ``datasets`` extra). Deprecated old name: ``dataset``.
-        max_steps: steps per episode (tool calls, answers and invalid actions all count); the last one
-            truncates the episode when it is not an answer.
-        top_k: passages returned by one search.
-        budget_chars: character budget of one observation (about 4 characters per token).
-        passage_chars: each passage of the latest search results is cut to this many characters.
-        history_passage_chars: each passage of earlier searches is cut to this many characters.
-        search_backend: ``"bm25s"`` (fast, default) or ``"rank_bm25"`` (pure-Python reference).
-        title_weight: how many times a paragraph's title counts in its BM25 document.
-        cache_index: keep the BM25 index in steppo's cache directory and reuse it.
-        invalid_penalty: subtracted from the reward of an invalid step (non-negative; 0.1 gives -0.1).
-        max_query_chars: longer queries are cut to this many characters.
-        max_tool_calls: tool calls allowed in one step (each is a search; all results are shown).
-    """
+    model_config = ConfigDict(frozen=True)
 
-    data_dir: str | None = None
-    split: str = "train"
-    max_steps: int = 5
-    top_k: int = 5
-    budget_chars: int = 6000
-    passage_chars: int = 600
-    history_passage_chars: int = 160
-    search_backend: Backend = "bm25s"
-    title_weight: int = 1
-    cache_index: bool = True
-    invalid_penalty: float = 0.0
-    max_query_chars: int = 300
-    max_tool_calls: int = 1
+    data_dir: str | None = Field(None, description=(
+        "Folder holding ``multihop_qa/``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``."))
+    split: str = Field("train", description=(
+        "``\"train\"`` (IRCoT HotpotQA 500 + HotpotQA train 100, minus eval overlaps), ``\"eval\"`` (HotpotQA, "
+        "MuSiQue and 2Wiki, 200 each), a dataset name such as ``\"musique_dev200\"``, the path of your own "
+        "``.json`` / ``.jsonl`` file in the HotpotQA layout (its paragraphs are added to the searched corpus), a "
+        "comma-separated list of those, or ``\"hub:hotpot_qa[:split]\"`` (needs the ``datasets`` extra). "
+        "Deprecated old name: ``dataset``."))
+    max_steps: int = Field(5, ge=1, description=(
+        "Steps per episode (tool calls, answers and invalid actions all count); the last one truncates the "
+        "episode when it is not an answer."))
+    top_k: int = Field(5, ge=1, description="Passages returned by one search.")
+    budget_chars: int = Field(6000, ge=500, description="Character budget of one observation (about 4 characters per token).")
+    passage_chars: int = Field(600, ge=40, description="Each passage of the latest search results is cut to this many characters.")
+    history_passage_chars: int = Field(160, ge=0, description="Each passage of earlier searches is cut to this many characters.")
+    search_backend: Backend = Field("bm25s", description="``\"bm25s\"`` (fast, default) or ``\"rank_bm25\"`` (pure-Python reference).")
+    title_weight: int = Field(1, ge=1, description="How many times a paragraph's title counts in its BM25 document.")
+    cache_index: bool = Field(True, description="Keep the BM25 index in steppo's cache directory and reuse it.")
+    invalid_penalty: float = Field(0.0, ge=0, description=(
+        "Subtracted from the reward of an invalid step (non-negative; 0.1 gives -0.1)."))
+    max_query_chars: int = Field(300, ge=1, description="Longer queries are cut to this many characters.")
+    max_tool_calls: int = Field(1, ge=1, description="Tool calls allowed in one step (each is a search; all results are shown).")
 
 
 SEARCH_TOOL = ToolSpec(
@@ -167,19 +158,6 @@ class _Turn:
     error: str | None = None
 
 
-def _validate(cfg: MultiHopQAConfig) -> None:
-    check_all("MultiHopQAConfig", [
-        (cfg.max_steps >= 1, "max_steps must be at least 1"),
-        (cfg.top_k >= 1, "top_k must be at least 1"),
-        (cfg.budget_chars >= 500, "budget_chars must be at least 500"),
-        (cfg.passage_chars >= 40 and cfg.history_passage_chars >= 0, "passage_chars must be >= 40 and history_passage_chars >= 0"),
-        (cfg.search_backend in ("bm25s", "rank_bm25"), "search_backend must be 'bm25s' or 'rank_bm25'"),
-        (cfg.title_weight >= 1, "title_weight must be at least 1"),
-        (cfg.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
-        (cfg.max_query_chars >= 1 and cfg.max_tool_calls >= 1, "max_query_chars and max_tool_calls must be >= 1"),
-    ])
-
-
 class MultiHopQAEnv(gym.Env[str, str]):
     """Multi-hop question answering with a BM25 ``search`` tool (see the module docstring)."""
 
@@ -187,7 +165,6 @@ class MultiHopQAEnv(gym.Env[str, str]):
 
     def __init__(self, config: MultiHopQAConfig | None = None, *, render_mode: str | None = None, **overrides: Any) -> None:
         self.config = build_config(MultiHopQAConfig, config, overrides)
-        _validate(self.config)
         self.render_mode = check_render_mode(render_mode)
         cfg = self.config
         data = load_task_data(cfg.data_dir, cfg.split, cfg.search_backend, cfg.title_weight, cfg.cache_index)
@@ -207,7 +184,7 @@ class MultiHopQAEnv(gym.Env[str, str]):
     def set_max_steps(self, max_steps: int) -> None:
         """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
         max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
-        self.config = with_max_steps(self.config, max_steps, _validate)
+        self.config = with_max_steps(self.config, max_steps)
         self.system_prompt = SYSTEM_PROMPT.format(max_steps=max_steps)
 
     # -- gymnasium API ------------------------------------------------------------------------------

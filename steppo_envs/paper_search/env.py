@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
+from pydantic import ConfigDict, Field, field_validator
 
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
-from steppo_envs.config import ConfigError, build_config, check_all, renamed_options, with_max_steps
+from steppo_envs.config import ConfigError, build_config, renamed_options, with_max_steps
+from steppo_envs.config_model import ConfigModel
 from steppo_envs.contract import check_can_step, check_render_mode, make_info, pick_task_index, text_space
 from steppo_envs.paper_search.data import (
     SPLITS,
@@ -87,89 +89,62 @@ SYSTEM_PROMPT = (
 
 
 @renamed_options(obs_budget_chars="budget_chars", backend="search_backend", show_progress="progress")
-@dataclass(frozen=True)
-class PaperSearchConfig:
-    """Settings of ``steppo/PaperSearch-v0``.
+class PaperSearchConfig(ConfigModel):
+    """Settings of ``steppo/PaperSearch-v0`` (pass as ``config=`` or as keyword overrides)."""
 
-    Attributes:
-        data_dir: the data root (holding ``paper_search/``); ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``.
-        split: ``train`` (80% of AutoScholarQuery), ``test`` (the other 20% + LitSearch + RealScholarQuery),
-            ``test_autoscholar``, ``test_litsearch``, ``test_realscholar`` or ``all``; ignored with ``questions_file``.
-        questions_file: your own questions, a JSONL / JSON file in the layout of
-            ``scholargym_mlanth_matched.jsonl`` (see ``QUESTIONS_LAYOUT``); every question of it is a task.
-        corpus_file: your own corpus, a JSONL(.gz) / JSON file in the layout of the bundled corpus (see
-            ``CORPUS_LAYOUT``), searched instead of the bundled one; needs ``questions_file``, whose gold
-            ids are then ids of this corpus. With both files no data directory is needed.
-        include_partial: also admit questions with only some gold papers in the corpus (scoring those).
-        max_steps: steps per episode (every step counts, invalid ones too).
-        max_tool_calls: tool calls one step may carry.
-        top_k: papers a ``search`` returns.
-        related_k: papers a ``related`` returns.
-        related_terms: how many tf-idf terms of a paper form the ``related`` query.
-        date_slack_years: papers are searchable when ``year <= question year + date_slack_years`` (the
-            corpus has venue years, which lag the arXiv date the question's cut-off comes from).
-        pool_show: candidates shown in the observation (best first).
-        abstract_chars: characters of each candidate's abstract shown.
-        budget_chars: character budget of the whole observation (deprecated old name: ``obs_budget_chars``).
-        wrong_select_penalty: cost of selecting a non-gold paper (used by the default :class:`GoldReward`).
-        repeat_penalty: cost of a repeated search query, or a ``related`` on a paper already expanded.
-        unknown_id_penalty: cost of a ``related`` on, or a ``select`` call naming, an id the agent has not seen.
-        invalid_penalty: cost of a malformed action.
-        reward_fn: how newly selected papers are scored; ``None`` means ``GoldReward(wrong_select_penalty)``.
-        search_backend: BM25 implementation, ``bm25s`` or ``rank_bm25`` (slow on this corpus; deprecated old
-            name: ``backend``).
-        title_weight: how many times a title counts in its BM25 document.
-        k1: BM25 ``k1``.
-        b: BM25 ``b``.
-        progress: progress bars while parsing the corpus / building the index the first time (deprecated
-            old name: ``show_progress``).
-    """
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)  # reward_fn: any RewardFn object
+    fix_hints: ClassVar[dict[str, str]] = {"reward_fn": "pass a RewardFn such as GoldReward(0.1), or None"}
 
-    data_dir: str | None = None
-    split: str = "train"
-    questions_file: str | None = None
-    corpus_file: str | None = None
-    include_partial: bool = False
-    max_steps: int = 5
-    max_tool_calls: int = 3
-    top_k: int = 10
-    related_k: int = 10
-    related_terms: int = 12
-    date_slack_years: int = 1
-    pool_show: int = 20
-    abstract_chars: int = 240
-    budget_chars: int = 8000
-    wrong_select_penalty: float = 0.1
-    repeat_penalty: float = 0.5
-    unknown_id_penalty: float = 0.5
-    invalid_penalty: float = 0.0
-    reward_fn: RewardFn | None = None
-    search_backend: Backend = "bm25s"
-    title_weight: int = 2
-    k1: float = 1.5
-    b: float = 0.75
-    progress: bool = True
+    data_dir: str | None = Field(None, description=(
+        "The data root (holding ``paper_search/``); ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``."))
+    split: str = Field("train", description=(
+        "``train`` (80% of AutoScholarQuery), ``test`` (the other 20% + LitSearch + RealScholarQuery), "
+        "``test_autoscholar``, ``test_litsearch``, ``test_realscholar`` or ``all``; ignored with ``questions_file``."))
+    questions_file: str | None = Field(None, description=(
+        "Your own questions, a JSONL / JSON file in the layout of ``scholargym_mlanth_matched.jsonl`` (see "
+        "``QUESTIONS_LAYOUT``); every question of it is a task."))
+    corpus_file: str | None = Field(None, description=(
+        "Your own corpus, a JSONL(.gz) / JSON file in the layout of the bundled corpus (see ``CORPUS_LAYOUT``), "
+        "searched instead of the bundled one; needs ``questions_file``, whose gold ids are then ids of this "
+        "corpus. With both files no data directory is needed."))
+    include_partial: bool = Field(False, description=(
+        "Also admit questions with only some gold papers in the corpus (scoring those)."))
+    max_steps: int = Field(5, ge=1, description="Steps per episode (every step counts, invalid ones too).")
+    max_tool_calls: int = Field(3, ge=1, description="Tool calls one step may carry.")
+    top_k: int = Field(10, ge=1, description="Papers a ``search`` returns.")
+    related_k: int = Field(10, ge=1, description="Papers a ``related`` returns.")
+    related_terms: int = Field(12, ge=1, description="How many tf-idf terms of a paper form the ``related`` query.")
+    date_slack_years: int = Field(1, ge=0, description=(
+        "Papers are searchable when ``year <= question year + date_slack_years`` (the corpus has venue years, "
+        "which lag the arXiv date the question's cut-off comes from)."))
+    pool_show: int = Field(20, ge=1, description="Candidates shown in the observation (best first).")
+    abstract_chars: int = Field(240, ge=0, description="Characters of each candidate's abstract shown.")
+    budget_chars: int = Field(8000, ge=500, description=(
+        "Character budget of the whole observation (deprecated old name: ``obs_budget_chars``)."))
+    wrong_select_penalty: float = Field(0.1, ge=0, description=(
+        "Cost of selecting a non-gold paper (used by the default :class:`GoldReward`)."))
+    repeat_penalty: float = Field(0.5, ge=0, description=(
+        "Cost of a repeated search query, or a ``related`` on a paper already expanded."))
+    unknown_id_penalty: float = Field(0.5, ge=0, description=(
+        "Cost of a ``related`` on, or a ``select`` call naming, an id the agent has not seen."))
+    invalid_penalty: float = Field(0.0, ge=0, description="Cost of a malformed action.")
+    reward_fn: RewardFn | None = Field(None, description=(
+        "How newly selected papers are scored; ``None`` means ``GoldReward(wrong_select_penalty)``."))
+    search_backend: Backend = Field("bm25s", description=(
+        "BM25 implementation, ``bm25s`` or ``rank_bm25`` (slow on this corpus; deprecated old name: ``backend``)."))
+    title_weight: int = Field(2, ge=1, description="How many times a title counts in its BM25 document.")
+    k1: float = Field(1.5, ge=0, description="BM25 ``k1``.")
+    b: float = Field(0.75, ge=0, le=1, description="BM25 ``b``.")
+    progress: bool = Field(True, description=(
+        "Progress bars while parsing the corpus / building the index the first time (deprecated old name: "
+        "``show_progress``)."))
 
-
-def _validate(cfg: PaperSearchConfig) -> None:
-    if cfg.split not in SPLITS:
-        raise ConfigError(f"split={cfg.split!r} is not a split: use one of {', '.join(SPLITS)}.")
-    for name in (
-        "max_steps",
-        "max_tool_calls",
-        "top_k",
-        "related_k",
-        "related_terms",
-        "pool_show",
-        "title_weight",
-    ):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name}={getattr(cfg, name)} must be at least 1: pass a positive {name}.")
-    check_all("PaperSearchConfig", [
-        (cfg.budget_chars >= 500, "budget_chars must be at least 500"),
-        (cfg.abstract_chars >= 0 and cfg.date_slack_years >= 0, "abstract_chars and date_slack_years must be >= 0"),
-        (cfg.search_backend in ("bm25s", "rank_bm25"), "search_backend must be 'bm25s' or 'rank_bm25'"),
-    ])
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, split: str) -> str:
+        if split not in SPLITS:
+            raise ConfigError(f"split={split!r} is not a split: use one of {', '.join(SPLITS)}.")
+        return split
 
 
 def _tasks_and_resources(cfg: PaperSearchConfig) -> tuple[list[PaperTask], PaperSearchResources]:
@@ -255,7 +230,6 @@ class PaperSearchEnv(gym.Env[str, str]):
         self, config: PaperSearchConfig | None = None, *, render_mode: str | None = None, **overrides: Any
     ) -> None:
         self.config = build_config(PaperSearchConfig, config, overrides)
-        _validate(self.config)
         self.render_mode = check_render_mode(render_mode)
         cfg = self.config
         self.tasks, self.resources = _tasks_and_resources(cfg)
@@ -273,7 +247,7 @@ class PaperSearchEnv(gym.Env[str, str]):
     def set_max_steps(self, max_steps: int) -> None:
         """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
         max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
-        self.config = with_max_steps(self.config, max_steps, _validate)
+        self.config = with_max_steps(self.config, max_steps)
         self.system_prompt = SYSTEM_PROMPT.format(max_calls=self.config.max_tool_calls, max_steps=max_steps)
 
     # -- gymnasium API ------------------------------------------------------------------------------

@@ -10,12 +10,12 @@ See :mod:`steppo_envs.textworld_env.episode` for the exact step rules and docs/t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import gymnasium as gym
+from pydantic import Field, model_validator
 
-from steppo_envs.config import build_config, check_all
+from steppo_envs.config import build_config
 from steppo_envs.contract import check_render_mode, optional_import, pick_task_index, text_space
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
 from steppo_envs.textworld_env.episode import GAME_INDEX_ALIAS, EpisodeSettings, GameEpisode
@@ -33,46 +33,49 @@ from steppo_envs.tools import ToolSpec
 __all__ = ["COMPACT_SYSTEM_PROMPT", "SYSTEM_PROMPT", "EpisodeSettings", "TextWorldConfig", "TextWorldEnv"]
 
 
-@dataclass(frozen=True)
 class TextWorldConfig(EpisodeSettings):
     """Settings of :class:`TextWorldEnv` (pass as ``config=`` or as keyword overrides): the shared
     episode settings of :class:`~steppo_envs.textworld_env.episode.EpisodeSettings` (``max_steps``,
     ``budget_chars``, ``history_window``, ``history_result_chars``, ``max_command_chars``,
-    ``invalid_penalty``, ``show_inventory``, ``show_admissible``, ``expert``, ``prompt_style``) plus:
-
-    Attributes:
-        preset: game family: ``"simple"``, ``"coin_collector"``, ``"treasure_hunter"`` or ``"cooking"``
-            (see ``steppo_envs.textworld_env.games.PRESETS``).
-        level: difficulty level of the preset (simple 1-3, coin_collector 1-300, treasure_hunter 1-30,
-            cooking 1-5).
-        pool: ``"train"`` (seeds ``0..pool_size-1``) or ``"eval"`` (seeds ``100000..``); the two never share a game.
-        pool_size: number of games in the pool; reset draws one uniformly with the env's RNG.
-        game_files: your own TextWorld ``.z8`` games (each with the ``.json`` tw-make writes next to it);
-            when given, preset/level/pool/pool_size are ignored and reset draws from these files.
-        cache_dir: where generated games are cached; ``None`` uses ``steppo_envs.paths.cache_dir("textworld")``
-            (``$STEPPO_CACHE_DIR``, else ``~/.cache/steppo``).
-        pregenerate: ``True`` generates every missing game of the pool at the first reset (one tqdm
-            bar); ``False`` (default) generates each game when it is first drawn (``steppo games make``
-            pre-generates a whole pool).
-        progress: show the tqdm progress bar while generating.
-        draw: how reset picks a game: ``"random"`` (uniform from the env's RNG) or ``"cycle"``: reset with
-            seed ``s`` plays game ``s % pool_size``, so ``pool_size`` consecutive seeds play every game exactly
-            once (for evaluation); ``options={"task_index": i}`` overrides both.
+    ``invalid_penalty``, ``show_inventory``, ``show_admissible``, ``expert``, ``prompt_style``) plus the
+    game source fields below.
 
     With ``expert=True`` a game with no walkthrough and no recorded quest actions is planned from its
     own logic (:mod:`steppo_envs.textworld_env.planner`); one that cannot be planned is refused at
     reset with an error naming the game.
     """
 
-    preset: str = "simple"
-    level: int = 1
-    pool: Pool = "train"
-    pool_size: int = 16
-    game_files: tuple[str, ...] = ()
-    cache_dir: str | None = None
-    pregenerate: bool = False
-    progress: bool = True
-    draw: Literal["random", "cycle"] = "random"
+    fix_hints: ClassVar[dict[str, str]] = {"game_files": 'pass a list of paths, not one string, e.g. game_files=["game.z8"]'}
+
+    preset: str = Field("simple", description=(
+        "Game family: ``\"simple\"``, ``\"coin_collector\"``, ``\"treasure_hunter\"`` or ``\"cooking\"`` (see "
+        "``steppo_envs.textworld_env.games.PRESETS``)."))
+    level: int = Field(1, description=(
+        "Difficulty level of the preset (simple 1-3, coin_collector 1-300, treasure_hunter 1-30, cooking 1-5)."))
+    pool: Pool = Field("train", description=(
+        "``\"train\"`` (seeds ``0..pool_size-1``) or ``\"eval\"`` (seeds ``100000..``); the two never share a game."))
+    pool_size: int = Field(16, ge=1, description="Number of games in the pool; reset draws one uniformly with the env's RNG.")
+    game_files: tuple[str, ...] = Field((), description=(
+        "Your own TextWorld ``.z8`` games (each with the ``.json`` tw-make writes next to it); when given, "
+        "preset/level/pool/pool_size are ignored and reset draws from these files."))
+    cache_dir: str | None = Field(None, description=(
+        "Where generated games are cached; ``None`` uses ``steppo_envs.paths.cache_dir(\"textworld\")`` "
+        "(``$STEPPO_CACHE_DIR``, else ``~/.cache/steppo``)."))
+    pregenerate: bool = Field(False, description=(
+        "``True`` generates every missing game of the pool at the first reset (one tqdm bar); ``False`` "
+        "(default) generates each game when it is first drawn (``steppo games make`` pre-generates a whole pool)."))
+    progress: bool = Field(True, description="Show the tqdm progress bar while generating.")
+    draw: Literal["random", "cycle"] = Field("random", description=(
+        "How reset picks a game: ``\"random\"`` (uniform from the env's RNG) or ``\"cycle\"``: reset with seed "
+        "``s`` plays game ``s % pool_size``, so ``pool_size`` consecutive seeds play every game exactly once (for "
+        "evaluation); ``options={\"task_index\": i}`` overrides both."))
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> Self:
+        """The preset and its level (not checked when ``game_files`` replace the pool)."""
+        if not self.game_files:
+            check_preset(self.preset, self.level)
+        return self
 
 
 SYSTEM_PROMPT = """You play a text adventure game. Each turn shows the objective, what just happened, your recent
@@ -86,18 +89,6 @@ COMPACT_SYSTEM_PROMPT = """You play a text adventure game. Reply with one admiss
 for example Act[go east]. The game ends when you win or after {max_steps} steps."""
 
 
-def _validate(cfg: TextWorldConfig) -> None:
-    if not cfg.game_files:
-        check_preset(cfg.preset, cfg.level)
-    check_all("TextWorldConfig", [
-        *cfg.checks(),
-        (cfg.pool in ("train", "eval"), "pool must be 'train' or 'eval'"),
-        (cfg.pool_size >= 1, "pool_size must be at least 1"),
-        (not isinstance(cfg.game_files, str), "game_files must be a list of paths, not one string"),
-        (cfg.draw in ("random", "cycle"), "draw must be 'random' or 'cycle'"),
-    ])
-
-
 def _objective(state: Any) -> tuple[str, str]:
     objective = str(state.get("objective") or "").strip()
     return objective, clean_feedback(str(state.get("feedback") or ""), objective=objective or None)
@@ -109,10 +100,7 @@ class TextWorldEnv(gym.Env[str, str]):
     metadata: dict[str, Any] = {"render_modes": ["ansi"]}
 
     def __init__(self, config: TextWorldConfig | None = None, *, render_mode: str | None = None, **overrides: Any) -> None:
-        if isinstance(overrides.get("game_files"), list):
-            overrides["game_files"] = tuple(overrides["game_files"])
         self.config = build_config(TextWorldConfig, config, overrides)
-        _validate(self.config)
         optional_import("textworld", "textworld")
         self.render_mode = check_render_mode(render_mode)
         cfg = self.config
@@ -139,7 +127,7 @@ class TextWorldEnv(gym.Env[str, str]):
     def set_max_steps(self, max_steps: int) -> None:
         """Use ``max_steps`` as the step limit from the next episode on (``gymnasium.make(id,
         max_episode_steps=N)`` calls it, see :mod:`steppo_envs.step_limit`)."""
-        self.config = self._episode.set_max_steps(max_steps, _validate)
+        self.config = self._episode.set_max_steps(max_steps)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Start an episode on a game drawn from the pool (``options={"task_index": i}`` picks game ``i``)."""

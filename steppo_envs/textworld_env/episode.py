@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from pydantic import ConfigDict, Field
+
 from steppo_envs.actions import ParsedAction
 from steppo_envs.config import ConfigError, with_max_steps
+from steppo_envs.config_model import ConfigModel
 from steppo_envs.contract import check_can_step, make_info, optional_import
 from steppo_envs.textworld_env.common import (
     CommandChoice,
@@ -46,56 +49,34 @@ PlannerFn = Callable[[Any], Plan]
 """``GameState -> Plan``: winning commands from the current state (see :mod:`.planner`)."""
 
 
-@dataclass(frozen=True)
-class EpisodeSettings:
+class EpisodeSettings(ConfigModel):
     """The episode settings every TextWorld-engine env shares: ``TextWorldConfig`` and ``ALFWorldConfig``
     are this class plus their own game-source fields (pass any of these as ``config=`` fields or as
-    ``gymnasium.make`` overrides).
+    ``gymnasium.make`` overrides)."""
 
-    Attributes:
-        max_steps: steps per episode (valid and invalid ones count); the last one truncates.
-        budget_chars: character budget of one observation (about 4 characters per token).
-        history_window: how many earlier steps (command + result) are shown, besides the latest one.
-        history_result_chars: each earlier result is cut to this many characters.
-        max_command_chars: longer commands are cut; a bare (no tool-call syntax) response longer than
-            this is not taken as a command.
-        invalid_penalty: subtracted from the reward of an invalid step (non-negative).
-        show_inventory: include the inventory section (costs one extra engine call per step).
-        show_admissible: include the admissible commands section.
-        expert: re-plan each step and put the expert's next command in ``info["extra"]["expert_command"]``
-            (slower: the planner runs every step).
-        prompt_style: ``"full"`` (sections with recent results, the tool list in ``info["tools"]``) or
-            ``"compact"``: a two-line system prompt, no tool list, every command so far on one line and
-            the admissible commands on one line (about 40% of the full prompt's tokens; for small
-            models and CPU training).
-    """
+    model_config = ConfigDict(frozen=True)
 
-    max_steps: int = 20
-    budget_chars: int = 6000
-    history_window: int = 5
-    history_result_chars: int = 300
-    max_command_chars: int = 120
-    invalid_penalty: float = 0.0
-    show_inventory: bool = True
-    show_admissible: bool = True
-    expert: bool = False
-    prompt_style: Literal["full", "compact"] = "full"
+    max_steps: int = Field(20, ge=1, description="Steps per episode (valid and invalid ones count); the last one truncates.")
+    budget_chars: int = Field(6000, ge=500, description="Character budget of one observation (about 4 characters per token).")
+    history_window: int = Field(5, ge=0, description="How many earlier steps (command + result) are shown, besides the latest one.")
+    history_result_chars: int = Field(300, ge=0, description="Each earlier result is cut to this many characters.")
+    max_command_chars: int = Field(120, ge=8, description=(
+        "Longer commands are cut; a bare (no tool-call syntax) response longer than this is not taken as a command."))
+    invalid_penalty: float = Field(0.0, ge=0, description="Subtracted from the reward of an invalid step (non-negative).")
+    show_inventory: bool = Field(True, description="Include the inventory section (costs one extra engine call per step).")
+    show_admissible: bool = Field(True, description="Include the admissible commands section.")
+    expert: bool = Field(False, description=(
+        "Re-plan each step and put the expert's next command in ``info[\"extra\"][\"expert_command\"]`` (slower: "
+        "the planner runs every step)."))
+    prompt_style: Literal["full", "compact"] = Field("full", description=(
+        "``\"full\"`` (sections with recent results, the tool list in ``info[\"tools\"]``) or ``\"compact\"``: a "
+        "two-line system prompt, no tool list, every command so far on one line and the admissible commands on "
+        "one line (about 40% of the full prompt's tokens; for small models and CPU training)."))
 
     @property
     def compact(self) -> bool:
         """Render the short state (all commands on one line, no per-step results) and advertise no tool list."""
         return self.prompt_style == "compact"
-
-    def checks(self) -> list[tuple[bool, str]]:
-        """The range checks of these fields, as ``(ok, message naming the fix)`` (see :func:`check_all`)."""
-        return [
-            (self.max_steps >= 1, "max_steps must be at least 1"),
-            (self.budget_chars >= 500, "budget_chars must be at least 500"),
-            (self.history_window >= 0 and self.history_result_chars >= 0, "history_window and history_result_chars must be >= 0"),
-            (self.max_command_chars >= 8, "max_command_chars must be at least 8"),
-            (self.invalid_penalty >= 0, "invalid_penalty must be >= 0 (it is subtracted from the reward)"),
-            (self.prompt_style in ("full", "compact"), "prompt_style must be 'full' or 'compact'"),
-        ]
 
 
 S = TypeVar("S", bound=EpisodeSettings)
@@ -287,9 +268,9 @@ class GameEpisode(Generic[S]):
         full, compact = self._prompts
         return (compact if self.settings.compact else full).format(max_steps=self.settings.max_steps)
 
-    def set_max_steps(self, max_steps: int, validate: Callable[[S], None]) -> S:
-        """Use ``max_steps`` from the next episode on (checked by ``validate``); return the new settings."""
-        self.settings = with_max_steps(self.settings, max_steps, validate)
+    def set_max_steps(self, max_steps: int) -> S:
+        """Use ``max_steps`` from the next episode on (checked by the settings' class); return the new settings."""
+        self.settings = with_max_steps(self.settings, max_steps)
         return self.settings
 
     def reset_on(self, path: Path, *, task_id: str, task_index: int, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
