@@ -43,7 +43,7 @@ def test_docs_custom_env_example_passes_check_step_env(monkeypatch: pytest.Monke
     text = docs.read_text(encoding="utf-8")
     block = text.split("<!-- example: custom-env -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     module = types.ModuleType("steppo_docs_example")
-    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # pydantic / dataclasses look their module up
     exec(compile(block, str(docs), "exec"), module.__dict__)
     env_cls = module.GuessEnv
     env = env_cls()  # type: ignore[operator]
