@@ -50,6 +50,9 @@ class ConfigModel(BaseModel):
         if _VALIDATING.get():  # a nested config: the outermost one explains the whole error
             super().__init__(**data)
             return
+        aliases = deprecated_aliases(type(self))
+        if aliases:  # here, so that "both names given" is the ConfigError's own sentence
+            data = resolve_aliases(type(self).__name__, aliases, data)
         token = _VALIDATING.set(True)
         try:
             super().__init__(**data)
