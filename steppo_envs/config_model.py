@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import contextvars
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 import annotated_types
 import pydantic
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 from pydantic.fields import FieldInfo
 
 from steppo_envs.config import ConfigError, deprecated_aliases, did_you_mean, resolve_aliases
 
-__all__ = ["ConfigModel", "explain_validation_error", "field_info"]
+__all__ = ["ConfigModel", "PathStr", "explain_validation_error", "field_info"]
+
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PathStr = Annotated[str, BeforeValidator(_fspath)]
+"""A path field stored as a string: a ``pathlib.Path`` (any ``os.PathLike``) is taken too."""
 
 #: True while a config is being validated (nested configs then leave errors to the outermost one).
 _VALIDATING: contextvars.ContextVar[bool] = contextvars.ContextVar("steppo_config_validating", default=False)

@@ -19,6 +19,7 @@ import gymnasium as gym
 from pydantic import Field
 
 from steppo_envs.config import ConfigError, build_config
+from steppo_envs.config_model import PathStr
 from steppo_envs.contract import check_render_mode, optional_import, pick_task_index, text_space
 from steppo_envs.paths import resolve_data_dir
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
@@ -51,13 +52,13 @@ class ALFWorldConfig(EpisodeSettings):
         "task_types": 'pass a list of task types, not one string, e.g. task_types=["pick_and_place_simple"]',
     }
 
-    data_dir: str | None = Field(None, description=(
+    data_dir: PathStr | None = Field(None, description=(
         "Folder holding ``alfworld/json_2.1.1``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``."))
     split: str = Field("train_subset", description=(
         "``\"train_subset\"`` (360 games), ``\"valid_seen\"`` (140) or ``\"valid_unseen\"`` (134); a comma-separated "
         "list pools several."))
     task_types: tuple[str, ...] = Field((), description="Keep only these task types (empty: all six, see ``TASK_TYPES``).")
-    game_files: tuple[str, ...] = Field((), description=(
+    game_files: tuple[PathStr, ...] = Field((), description=(
         "Explicit ``game.tw-pddl`` paths; when given, ``split`` and ``task_types`` are ignored."))
     show_inventory: bool = Field(False, description=(
         "Include the inventory section (one extra engine call per step); off by default."))

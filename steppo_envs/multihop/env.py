@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field
 
 from steppo_envs.actions import ParsedAction, clean_action_text, format_hint, parse_action
 from steppo_envs.config import ConfigError, build_config, renamed_options, with_max_steps
-from steppo_envs.config_model import ConfigModel
+from steppo_envs.config_model import ConfigModel, PathStr
 from steppo_envs.contract import check_can_step, check_render_mode, make_info, pick_task_index, text_space
 from steppo_envs.metrics import best_f1, exact_match
 from steppo_envs.multihop.data import (
@@ -45,7 +45,7 @@ class MultiHopQAConfig(ConfigModel):
 
     model_config = ConfigDict(frozen=True)
 
-    data_dir: str | None = Field(None, description=(
+    data_dir: PathStr | None = Field(None, description=(
         "Folder holding ``multihop_qa/``; ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``."))
     split: str = Field("train", description=(
         "``\"train\"`` (IRCoT HotpotQA 500 + HotpotQA train 100, minus eval overlaps), ``\"eval\"`` (HotpotQA, "

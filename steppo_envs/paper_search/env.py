@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from steppo_envs.actions import ParsedAction, ToolCall, clean_action_text, format_hint, parse_action
 from steppo_envs.config import ConfigError, build_config, renamed_options, with_max_steps
-from steppo_envs.config_model import ConfigModel
+from steppo_envs.config_model import ConfigModel, PathStr
 from steppo_envs.contract import check_can_step, check_render_mode, make_info, pick_task_index, text_space
 from steppo_envs.paper_search.data import (
     SPLITS,
@@ -95,15 +95,15 @@ class PaperSearchConfig(ConfigModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)  # reward_fn: any RewardFn object
     fix_hints: ClassVar[dict[str, str]] = {"reward_fn": "pass a RewardFn such as GoldReward(0.1), or None"}
 
-    data_dir: str | None = Field(None, description=(
+    data_dir: PathStr | None = Field(None, description=(
         "The data root (holding ``paper_search/``); ``None`` uses ``$STEPPO_DATA_DIR`` or ``../shared/data``."))
     split: str = Field("train", description=(
         "``train`` (80% of AutoScholarQuery), ``test`` (the other 20% + LitSearch + RealScholarQuery), "
         "``test_autoscholar``, ``test_litsearch``, ``test_realscholar`` or ``all``; ignored with ``questions_file``."))
-    questions_file: str | None = Field(None, description=(
+    questions_file: PathStr | None = Field(None, description=(
         "Your own questions, a JSONL / JSON file in the layout of ``scholargym_mlanth_matched.jsonl`` (see "
         "``QUESTIONS_LAYOUT``); every question of it is a task."))
-    corpus_file: str | None = Field(None, description=(
+    corpus_file: PathStr | None = Field(None, description=(
         "Your own corpus, a JSONL(.gz) / JSON file in the layout of the bundled corpus (see ``CORPUS_LAYOUT``), "
         "searched instead of the bundled one; needs ``questions_file``, whose gold ids are then ids of this "
         "corpus. With both files no data directory is needed."))

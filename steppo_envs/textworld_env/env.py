@@ -16,6 +16,7 @@ import gymnasium as gym
 from pydantic import Field, model_validator
 
 from steppo_envs.config import build_config
+from steppo_envs.config_model import PathStr
 from steppo_envs.contract import check_render_mode, optional_import, pick_task_index, text_space
 from steppo_envs.textworld_env.common import ACT_TOOL, clean_feedback
 from steppo_envs.textworld_env.episode import GAME_INDEX_ALIAS, EpisodeSettings, GameEpisode
@@ -55,10 +56,10 @@ class TextWorldConfig(EpisodeSettings):
     pool: Pool = Field("train", description=(
         "``\"train\"`` (seeds ``0..pool_size-1``) or ``\"eval\"`` (seeds ``100000..``); the two never share a game."))
     pool_size: int = Field(16, ge=1, description="Number of games in the pool; reset draws one uniformly with the env's RNG.")
-    game_files: tuple[str, ...] = Field((), description=(
+    game_files: tuple[PathStr, ...] = Field((), description=(
         "Your own TextWorld ``.z8`` games (each with the ``.json`` tw-make writes next to it); when given, "
         "preset/level/pool/pool_size are ignored and reset draws from these files."))
-    cache_dir: str | None = Field(None, description=(
+    cache_dir: PathStr | None = Field(None, description=(
         "Where generated games are cached; ``None`` uses ``steppo_envs.paths.cache_dir(\"textworld\")`` "
         "(``$STEPPO_CACHE_DIR``, else ``~/.cache/steppo``)."))
     pregenerate: bool = Field(False, description=(
