@@ -92,7 +92,8 @@ def offline_batch(config: TrainConfig, pool: list[Trajectory], iteration: int) -
 
 
 def preflight(config: TrainConfig) -> None:
-    """Check what the user named before any model loads: the env and its options / data (train and
+    """Check what the user named before any model loads: the rollout's settings (as the first iteration
+    plays them: e.g. a group of greedy samples is refused), the env and its options / data (train and
     eval), or the offline trajectory files. Raises a :class:`~steppo_envs.UserError`."""
     from steppo_agent.rollout import check_env
     from steppo_agent.trajectory_io import TrajectoryFileError
@@ -106,6 +107,7 @@ def preflight(config: TrainConfig) -> None:
             raise TrajectoryFileError(f"--from-trajectories {', '.join(missing)}: no such file; pass JSONL files "
                                       "written by `steppo rollout --output`.")
         return
+    _rollout_config(config, 0, _rollout_path(Path(config.output_dir), 0))
     check_env(config.rollout.env_id, config.rollout.env_kwargs, seed=config.seed)
     if config.eval_every > 0 and config.eval_env_kwargs:
         check_env(config.rollout.env_id, _eval_env_kwargs(config), seed=_EVAL_SEED)

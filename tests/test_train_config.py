@@ -23,7 +23,7 @@ from steppo_train.config import (
     TrainConfig,
     load_config,
 )
-from steppo_train.rollout_side import _eval_config, _rollout_config
+from steppo_train.rollout_side import _eval_config, _rollout_config, preflight
 
 #: The config an iteration-7 checkpoint of an earlier run stored (runs/bench_memory/sft, before the
 #: sampling and policy options moved into nested configs).
@@ -109,6 +109,12 @@ def test_the_trainer_passes_its_rollout_on_with_each_iterations_seeds(tmp_path: 
     assert (ev.sampling.temperature, ev.sampling.seed, ev.resume) == (0.0, None, False)
     with pytest.raises(ConfigError, match=r"unknown option sed \(did you mean seed\?\)"):
         RolloutConfig.of(config.rollout, {"sed": 1})
+
+
+def test_the_rollouts_own_checks_run_before_any_model_loads(tmp_path: Path) -> None:
+    config = load_config("grpo", overrides={"temperature": 0.0, "output_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="group_size=4 with temperature 0 gives identical samples"):
+        preflight(config)  # raised before the env is built, and before train() loads a model
 
 
 def test_yaml_takes_nested_mappings_dotted_keys_and_aliases(tmp_path: Path) -> None:
