@@ -31,7 +31,7 @@ import hashlib
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -46,9 +46,9 @@ from steppo_envs.actions import clean_action_text
 from steppo_envs.config import ConfigError, UserError
 from steppo_envs.progress import progress_bar
 
-__all__ = ["STATIC_INFO_KEYS", "EnvSetupError", "OutputExistsError", "RenderFn", "RolloutConfig", "RolloutStats",
-           "check_env", "check_output", "check_policy", "derive_seed", "make_checked_env", "resolve_env_spec", "resumed_ids",
-           "run_rollout", "trajectory_id"]
+__all__ = ["DEFAULT_ENV", "STATIC_INFO_KEYS", "EnvSetupError", "EpisodesConfig", "OutputExistsError", "RenderFn",
+           "RolloutConfig", "RolloutStats", "check_env", "check_output", "check_policy", "derive_seed",
+           "make_checked_env", "resolve_env_spec", "resumed_ids", "run_rollout", "trajectory_id"]
 
 RenderFn = Callable[[Any, str, str, list[dict[str, Any]]], list[int]]
 """``(tokenizer, system_prompt, observation, tools) -> prompt ids`` (default: ``render_prompt_ids``)."""
@@ -57,10 +57,17 @@ RenderFn = Callable[[Any, str, str, list[dict[str, Any]]], list[int]]
 STATIC_INFO_KEYS: tuple[str, ...] = ("system_prompt", "tools", "action")
 
 
-class RolloutConfig(ConfigModel):
-    """What to roll out and where to write it. Bad values raise :class:`~steppo_envs.config.ConfigError`
-    naming the fix; fields may be assigned after construction (the CLI turns ``validate_env`` off once
-    it has checked the env), and :meth:`run_rollout` takes the config as it then is."""
+#: The environment played when none is named (``steppo rollout`` / ``eval`` / ``train``).
+DEFAULT_ENV = "steppo/TextWorld-v0"
+
+
+class EpisodesConfig(ConfigModel):
+    """What to play: the env and its options, how many tasks and samples per task, and how the envs step.
+
+    The part of a rollout that stays the same from call to call. :class:`RolloutConfig` adds what one
+    call sets (reset seed, sampling, output file); the trainer's config contains one of these
+    (``TrainConfig.rollout``) and passes it on to every iteration's rollout as it is.
+    """
 
     fix_hints: ClassVar[dict[str, str]] = {
         "num_tasks": "pass --num-tasks 1 or more", "group_size": "pass --group-size 1 or more",
@@ -68,25 +75,46 @@ class RolloutConfig(ConfigModel):
         "max_active": "use max_active=None (all episodes at once) or a number >= 1 (--max-active)",
     }
 
-    env_id: str = Field(description=(
+    env_id: str = Field(DEFAULT_ENV, description=(
         'A registered id (steppo/MultiHopQA-v0) or "module:id" (the module is imported first, so it can register '
         "its own env)."))
     env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword options for gymnasium.make (the env's config fields).")
-    num_tasks: int = Field(1, ge=1, description="How many tasks (reset seeds) to play.")
+    num_tasks: int = Field(1, ge=1, description="How many tasks (reset seeds) to play (the trainer: per iteration).")
     group_size: int = Field(1, ge=1, description=(
         "Samples per task; they share the reset seed and group_id. Use > 1 with temperature > 0 (greedy samples of "
-        "one task are identical)."))
+        "one task are identical); grpo/rloo/gigpo need >= 2."))
+    env_workers: int = Field(0, ge=0, description="0 = envs step in this process; W > 0 = W worker processes.")
+    max_active: int | None = Field(None, ge=1, description="Most episodes in flight at once (one batch row each); None = all of them.")
+
+    @property
+    def num_episodes(self) -> int:
+        return self.num_tasks * self.group_size
+
+
+class RolloutConfig(EpisodesConfig):
+    """One :func:`run_rollout` call: what to play (the :class:`EpisodesConfig` fields) plus this call's
+    first reset seed, sampling and output file. Bad values raise :class:`~steppo_envs.config.ConfigError`
+    naming the fix; fields may be assigned after construction (the CLI turns ``validate_env`` off once
+    it has checked the env), and :meth:`run_rollout` takes the config as it then is.
+
+    Build one from an :class:`EpisodesConfig` with :meth:`of` (the trainer does, every iteration)."""
+
     seed: int = Field(0, description="The first task's reset seed; task i uses seed + i.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description=(
         "temperature / top_p / max_tokens / stop / seed for every policy call."))
-    env_workers: int = Field(0, ge=0, description="0 = envs step in this process; W > 0 = W worker processes.")
-    max_active: int | None = Field(None, ge=1, description="Most episodes in flight at once (one batch row each); None = all of them.")
     output: str | Path | None = Field(None, description="JSONL file that receives each finished trajectory; None = keep in memory only.")
     resume: bool = Field(False, description="When output exists, skip the trajectory ids already in it and append the rest.")
     progress: bool = Field(True, description="Show progress (a tqdm bar on a terminal, a plain line every 30 s in a log).")
     validate_env: bool = Field(True, description=(
         "Before the first episode, build one env and reset it (check_env), so a misspelt option, a bad value, missing "
         "data or a missing extra raises a UserError before anything is written."))
+
+    @classmethod
+    def of(cls, episodes: EpisodesConfig, call: Mapping[str, Any]) -> RolloutConfig:
+        """``episodes`` played with this call's fields ``call`` (``seed``, ``sampling``, ``output``, ...; the
+        episode fields may be overridden too, e.g. ``num_tasks`` for an evaluation). Unknown names are a
+        :class:`ConfigError`."""
+        return cls.build({**episodes.model_dump(), **call})
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RolloutConfig:
@@ -96,10 +124,6 @@ class RolloutConfig(ConfigModel):
         if self.resume and self.output is None:
             raise ConfigError("resume=True needs an output file: set output (--output FILE) to the file to continue.")
         return self
-
-    @property
-    def num_episodes(self) -> int:
-        return self.num_tasks * self.group_size
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """The trainer's one config object, with per-algorithm defaults, YAML files and ``key=value`` overrides.
 
-:class:`TrainConfig` holds the trainer's own options and *contains* the rollout's sampling settings
-(``sampling``: a :class:`~steppo_agent.records.SamplingConfig`) and the rollout policy's
-(``policy``: a :class:`~steppo_agent.policies.PolicyConfig`); the trainer passes them on as they are.
-A nested option is set with a dotted key (``--set policy.kv_cache_gib=1 sampling.temperature=0.7``,
-or a nested mapping in YAML); the options that were flat before they moved keep their flat name as an
-alias (:data:`FLAT_ALIASES`: ``--set kv_cache_gib=1`` still works, with no warning).
+:class:`TrainConfig` holds the trainer's own options and *contains* the rollout's configs: the
+episodes it plays (``rollout``: a :class:`~steppo_agent.rollout.EpisodesConfig`), its sampling
+settings (``sampling``: a :class:`~steppo_agent.records.SamplingConfig`) and its policy (``policy``:
+a :class:`~steppo_agent.policies.PolicyConfig`); the trainer passes them on as they are. A nested
+option is set with a dotted key (``--set rollout.group_size=8 policy.kv_cache_gib=1``, or a nested
+mapping in YAML); the options that were flat before they moved keep their flat name as an alias
+(:data:`FLAT_ALIASES`: ``--set tasks_per_iteration=4 kv_cache_gib=1`` still works, with no warning).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pydantic import BaseModel, Field, model_validator
 from steppo_agent.config_model import ConfigModel
 from steppo_agent.policies import PolicyConfig
 from steppo_agent.records import SamplingConfig
+from steppo_agent.rollout import EpisodesConfig
 from steppo_envs.config import ConfigError, did_you_mean
 
-__all__ = ["ALGOS", "ALGO_DEFAULTS", "CRITIC_LEVELS", "FLAT_ALIASES", "NESTED", "Algo", "Level", "TrainConfig",
-           "canonical_values", "load_config", "option_names"]
+__all__ = ["ALGOS", "ALGO_DEFAULTS", "CRITIC_LEVELS", "FLAT_ALIASES", "NESTED", "ROLLOUT_DEFAULTS", "Algo", "Level",
+           "TrainConfig", "canonical_values", "load_config", "option_names"]
 
 Algo = Literal["steppo", "ppo", "grpo", "rloo", "reinforce_pp", "gspo", "gigpo", "sft"]
 #: The algorithm names, in order (the one list: CLI help, docs and checks derive from :data:`Algo`).
@@ -47,11 +49,20 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 assert tuple(ALGO_DEFAULTS) == ALGOS, "ALGO_DEFAULTS needs one entry per Algo, in order"
 
 #: The nested configs of :class:`TrainConfig`: field name -> model.
-NESTED: dict[str, type[BaseModel]] = {"sampling": SamplingConfig, "policy": PolicyConfig}
+NESTED: dict[str, type[BaseModel]] = {"rollout": EpisodesConfig, "sampling": SamplingConfig, "policy": PolicyConfig}
+
+#: The trainer's own defaults for ``rollout`` where they differ from :class:`EpisodesConfig`'s (one task,
+#: one sample); a partial ``rollout`` mapping (``--set rollout.group_size=8``) is completed from them.
+ROLLOUT_DEFAULTS: dict[str, Any] = {"num_tasks": 8, "group_size": 4}
 
 #: Flat names of options that moved into a nested config (accepted everywhere a key is: ``--set``,
 #: YAML, old checkpoints' configs) -> their dotted name.
 FLAT_ALIASES: dict[str, str] = {
+    "env_id": "rollout.env_id",
+    "env_kwargs": "rollout.env_kwargs",
+    "tasks_per_iteration": "rollout.num_tasks",
+    "group_size": "rollout.group_size",
+    "env_workers": "rollout.env_workers",
     "temperature": "sampling.temperature",
     "top_p": "sampling.top_p",
     "max_tokens": "sampling.max_tokens",
@@ -67,6 +78,11 @@ class TrainConfig(ConfigModel):
     """Everything one training run needs. Build with :func:`load_config` to get per-algorithm defaults."""
 
     fix_prefix: ClassVar[str] = "--set "
+    fix_hints: ClassVar[dict[str, str]] = {
+        "rollout.num_tasks": "pass --tasks 1 or more", "rollout.group_size": "pass --group-size 1 or more",
+        "rollout.env_workers": "pass --workers 0 to step envs in this process",
+        "rollout.max_active": "pass --max-active 1 or more, or leave it out (all episodes at once)",
+    }
 
     # -- what to train -----------------------------------------------------------------------------
     algo: Algo = Field("steppo", description="Algorithm: " + ", ".join(ALGOS) + ".")
@@ -81,20 +97,18 @@ class TrainConfig(ConfigModel):
         'geometric mean of its token ratios (losses averaged per step, then over steps); "token" = one ratio per token '
         "(losses averaged over all action tokens). None = the algorithm's own (steppo: step, ppo: token)."))
     critic_model: str | None = Field(None, description="Critic checkpoint (steppo/ppo); defaults to policy.model (the actor).")
-    env_id: str = Field("steppo/TextWorld-v0", description="Environment for on-policy rollouts.")
-    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Options passed to gymnasium.make.")
     from_trajectories: list[str] = Field(default_factory=list, description=(
         "Train offline from these JSONL trajectory files instead of collecting rollouts."))
 
     # -- rollout -----------------------------------------------------------------------------------
+    rollout: EpisodesConfig = Field(default_factory=lambda: EpisodesConfig(**ROLLOUT_DEFAULTS), description=(
+        "The on-policy episodes of each iteration (env, options, tasks, samples per task, env workers); evaluation "
+        "plays the same env with eval_env_kwargs, eval_tasks tasks and one sample each."))
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description=(
         "The rollout policy; policy.model is also the actor checkpoint that is trained."))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description=(
         "Rollout sampling (evaluation is greedy with the same max_tokens); the trainer sets each iteration's "
         "sampling seed from seed, so sampling.seed stays None."))
-    tasks_per_iteration: int = Field(8, ge=1, description="Distinct tasks (reset seeds) per iteration.")
-    group_size: int = Field(4, ge=1, description="Samples per task (>1 for grpo/rloo/gigpo).")
-    env_workers: int = Field(0, ge=0, description="Worker processes for env steps (0 = in-process).")
     weights_dir: str | None = Field(None, description=(
         "Folder for the weight file pushed to OpenAI-compatible servers after each update (backend 'openai'; deleted "
         "once loaded). None = /dev/shm (servers on this machine); servers elsewhere need a folder they can read at "
@@ -143,7 +157,8 @@ class TrainConfig(ConfigModel):
         "shows the steps left, so nothing follows) or 'last_value' (Gymnasium's time-limit view)."))
 
     # -- bookkeeping -------------------------------------------------------------------------------
-    seed: int = Field(0, ge=0, description="Seed for torch and the task seeds (iteration i uses seed + i * tasks_per_iteration).")
+    seed: int = Field(0, ge=0, description=(
+        "Seed for torch and the task seeds (iteration i uses reset seeds from seed + i * rollout.num_tasks)."))
     output_dir: str = Field("runs/train", description="Where metrics.jsonl, plots and checkpoints go.")
     save_every: int = Field(5, ge=1, description="Checkpoint every N iterations (and at the end); the newest two are kept.")
     eval_every: int = Field(0, ge=0, description="Greedy evaluation every N iterations (0 = never).")
@@ -170,13 +185,21 @@ class TrainConfig(ConfigModel):
         own = CRITIC_LEVELS.get(self.algo, ("", ""))[1]
         return (self.ratio_level or own) == "step"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _trainer_rollout_defaults(cls, data: Any) -> Any:
+        """A ``rollout`` given as a mapping starts from the trainer's defaults (:data:`ROLLOUT_DEFAULTS`)."""
+        if isinstance(data, Mapping) and isinstance(data.get("rollout"), Mapping):
+            data = {**data, "rollout": {**ROLLOUT_DEFAULTS, **data["rollout"]}}
+        return data
+
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
         """Checks that involve several fields; each message names the fix."""
         if not self.uses_critic and (self.advantage_level or self.ratio_level):
             raise ConfigError(f"advantage_level / ratio_level apply to steppo and ppo only, not {self.algo}: remove them, "
                               "or use --algo steppo (e.g. --set advantage_level=token for StepPO w/o step-GAE).")
-        if self.algo in ("grpo", "rloo", "gigpo") and self.group_size < 2 and not self.from_trajectories:
+        if self.algo in ("grpo", "rloo", "gigpo") and self.rollout.group_size < 2 and not self.from_trajectories:
             raise ConfigError(f"{self.algo} needs group_size >= 2 (samples per task): pass --group-size 4.")
         for name, value in (("sampling.temperature", self.sampling.temperature), ("sampling.top_p", self.sampling.top_p)):
             if not math.isfinite(value):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from steppo_agent.analysis import summarize
 from steppo_agent.records import Trajectory
@@ -21,23 +21,26 @@ if TYPE_CHECKING:
 __all__ = ["collect", "evaluate", "offline_batch", "preflight", "rewind"]
 
 
+#: The reset seed of the first evaluation task (far from the training tasks' seeds).
+_EVAL_SEED = 1_000_000
+
+
 def _rollout_config(config: TrainConfig, iteration: int, path: Path) -> RolloutConfig:
-    """The on-policy rollout of iteration ``iteration``, written to (and resumed from) ``path``."""
+    """The on-policy rollout of iteration ``iteration`` (``config.rollout`` as it is, with this
+    iteration's reset and sampling seeds), written to (and resumed from) ``path``."""
     from steppo_agent.rollout import RolloutConfig
 
-    return RolloutConfig(
-        env_id=config.env_id,
-        env_kwargs=config.env_kwargs,
-        num_tasks=config.tasks_per_iteration,
-        group_size=config.group_size,
-        seed=config.seed + iteration * config.tasks_per_iteration,
-        sampling=config.sampling.model_copy(update={"seed": config.seed * 1_000_003 + iteration}),
-        env_workers=config.env_workers,
-        output=path,
-        resume=True,
-        progress=True,
-        validate_env=False,  # checked once before training (_preflight)
-    )
+    return RolloutConfig.of(config.rollout, {
+        "seed": config.seed + iteration * config.rollout.num_tasks,
+        "sampling": config.sampling.model_copy(update={"seed": config.seed * 1_000_003 + iteration}),
+        "output": path,
+        "resume": True,
+        "validate_env": False,  # checked once before training (preflight)
+    })
+
+
+def _eval_env_kwargs(config: TrainConfig) -> dict[str, Any]:
+    return {**config.rollout.env_kwargs, **config.eval_env_kwargs}
 
 
 def _rollout_path(out_dir: Path, iteration: int) -> Path:
@@ -55,36 +58,42 @@ def collect(config: TrainConfig, policy: Policy, iteration: int, out_dir: Path) 
     return read_trajectories(path)
 
 
+def _eval_config(config: TrainConfig, path: Path) -> RolloutConfig:
+    """The evaluation rollout: ``config.rollout``'s env and workers with ``eval_env_kwargs`` added,
+    ``eval_tasks`` tasks from reset seed 1,000,000, one greedy sample each, written to ``path``."""
+    from steppo_agent.rollout import RolloutConfig
+
+    return RolloutConfig.of(config.rollout, {
+        "env_kwargs": _eval_env_kwargs(config),
+        "num_tasks": config.eval_tasks,
+        "group_size": 1,
+        "seed": _EVAL_SEED,
+        "sampling": config.sampling.model_copy(update={"temperature": 0.0, "seed": None}),
+        "output": path,
+    })
+
+
 def evaluate(config: TrainConfig, policy: Policy, iteration: int, out_dir: Path) -> dict[str, float]:
     """Greedy episodes on the evaluation tasks (``eval_env_kwargs``), summarised with bootstrap CIs."""
-    from steppo_agent.rollout import RolloutConfig, run_rollout
+    from steppo_agent.rollout import run_rollout
 
     path = out_dir / "eval" / f"iter_{iteration:06d}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    rollout = RolloutConfig(
-        env_id=config.env_id,
-        env_kwargs={**config.env_kwargs, **config.eval_env_kwargs},
-        num_tasks=config.eval_tasks,
-        group_size=1,
-        seed=1_000_000,
-        sampling=config.sampling.model_copy(update={"temperature": 0.0, "seed": None}),
-        env_workers=config.env_workers,
-        output=path,
-        progress=True,
-    )
-    return summarize(run_rollout(policy, rollout)).as_metrics("eval")
+    return summarize(run_rollout(policy, _eval_config(config, path))).as_metrics("eval")
 
 
 def offline_batch(config: TrainConfig, pool: list[Trajectory], iteration: int) -> list[Trajectory]:
-    """Iteration ``i`` of offline training takes the next ``tasks_per_iteration * group_size`` trajectories (cycling)."""
-    n = min(len(pool), config.tasks_per_iteration * config.group_size)
+    """Iteration ``i`` of offline training takes the next ``rollout.num_episodes`` (tasks x group size)
+    trajectories (cycling)."""
+    n = min(len(pool), config.rollout.num_episodes)
     start = (iteration * n) % len(pool)
     return [pool[(start + j) % len(pool)] for j in range(n)]
 
 
 def preflight(config: TrainConfig) -> None:
-    """Check what the user named before any model loads: the env and its options / data (train and
+    """Check what the user named before any model loads: the rollout's settings (as the first iteration
+    plays them: e.g. a group of greedy samples is refused), the env and its options / data (train and
     eval), or the offline trajectory files. Raises a :class:`~steppo_envs.UserError`."""
     from steppo_agent.rollout import check_env
     from steppo_agent.trajectory_io import TrajectoryFileError
@@ -98,9 +107,10 @@ def preflight(config: TrainConfig) -> None:
             raise TrajectoryFileError(f"--from-trajectories {', '.join(missing)}: no such file; pass JSONL files "
                                       "written by `steppo rollout --output`.")
         return
-    check_env(config.env_id, config.env_kwargs, seed=config.seed)
+    _rollout_config(config, 0, _rollout_path(Path(config.output_dir), 0))
+    check_env(config.rollout.env_id, config.rollout.env_kwargs, seed=config.seed)
     if config.eval_every > 0 and config.eval_env_kwargs:
-        check_env(config.env_id, {**config.env_kwargs, **config.eval_env_kwargs}, seed=1_000_000)
+        check_env(config.rollout.env_id, _eval_env_kwargs(config), seed=_EVAL_SEED)
 
 
 def rewind(config: TrainConfig, out_dir: Path, start: int, checkpoint: Path | None, policy: Policy | None) -> None:

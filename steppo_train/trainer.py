@@ -365,7 +365,7 @@ def report_phase(run: Run, iteration: int, metrics: dict[str, float], started: f
     assert run.logger is not None
     run.logger.log(iteration, {k: v for k, v in metrics.items() if math.isfinite(v)})
     print(iteration_line(iteration, config.iterations, metrics), flush=True)
-    plot_metrics({config.algo: run.out_dir / "metrics.jsonl"}, run.out_dir / "learning_curves.png", title=f"{config.algo} on {config.env_id}")
+    plot_metrics({config.algo: run.out_dir / "metrics.jsonl"}, run.out_dir / "learning_curves.png", title=f"{config.algo} on {config.rollout.env_id}")
     if (iteration + 1) % config.save_every == 0 or iteration + 1 == config.iterations:
         save_checkpoint(run.out_dir, iteration, run.state, run.actor, run.optimizers, run.critic,
                         tokenizer=run.tokenizer, config=config.to_dict())

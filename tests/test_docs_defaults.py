@@ -35,15 +35,17 @@ from steppo_train.config import TrainConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
-PAGES: dict[str, tuple[type[Any], ...]] = {
+PAGES: dict[str, tuple[Any, ...]] = {
     "environments.md": (ToolEnvConfig, MultiHopQAConfig),
     "textworld.md": (TextWorldConfig, ALFWorldConfig),
     "paper_search.md": (PaperSearchConfig,),
-    "training.md": (TrainConfig, SamplingConfig, PolicyConfig),
+    "training.md": (TrainConfig, TrainConfig().rollout, SamplingConfig, PolicyConfig),
 }
-"""Each page and the config classes whose options it documents (each must have a table there)."""
+"""Each page and the config classes whose options it documents (each must have a table there). An
+instance stands for a nested config with the defaults its owner gives it (``TrainConfig().rollout``:
+an ``EpisodesConfig`` with the trainer's task and group defaults)."""
 
-SECTIONS: dict[tuple[str, str], tuple[type[Any], ...]] = {
+SECTIONS: dict[tuple[str, str], tuple[Any, ...]] = {
     ("environments.md", "Your own environment in 30 lines"): (ToolEnvConfig,),
     ("environments.md", "The MultiHopQA task"): (MultiHopQAConfig,),
     ("textworld.md", "ALFWorld data"): (ALFWorldConfig,),
@@ -122,9 +124,17 @@ def _literal(cell: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def defaults(cls: type[Any]) -> dict[str, Any]:
-    """``{field: default}`` of a dataclass or a pydantic model; a nested config field (a model) is left
-    out: its own table documents its fields."""
+def _name(config: Any) -> str:
+    """The class name of a config class or instance (the name its table's heading gives)."""
+    return config.__name__ if isinstance(config, type) else type(config).__name__
+
+
+def defaults(cls: Any) -> dict[str, Any]:
+    """``{field: default}`` of a dataclass or a pydantic model (of a model instance: its values); a nested
+    config field (a model) is left out: its own table documents its fields."""
+    if isinstance(cls, BaseModel):
+        out = {name: getattr(cls, name) for name in type(cls).model_fields}
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items() if not isinstance(v, BaseModel)}
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         out = {name: f.get_default(call_default_factory=True) for name, f in cls.model_fields.items()}
         return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items() if not isinstance(v, BaseModel)}
@@ -135,22 +145,23 @@ def _same(documented: Any, actual: Any) -> bool:
     return type(documented) is type(actual) and documented == actual
 
 
-def table_problems(page: str, text: str, configs: tuple[type[Any], ...]) -> list[str]:
+def table_problems(page: str, text: str, configs: tuple[Any, ...]) -> list[str]:
     """What the page's config tables get wrong about ``configs`` (empty when they are right)."""
     problems = []
     tables = config_tables(text)
     for cls in configs:
         documented_defaults = defaults(cls)
-        rows = tables.get(cls.__name__)
+        cls_name = _name(cls)
+        rows = tables.get(cls_name)
         if rows is None:
-            problems.append(f"{page}: no table of {cls.__name__} (a 'default' column under a heading naming `{cls.__name__}`)")
+            problems.append(f"{page}: no table of {cls_name} (a 'default' column under a heading naming `{cls_name}`)")
             continue
         seen: set[str] = set()
         for number, field_cell, default_cell in rows:
             name = field_cell.strip("` ")
-            where = f"{page}:{number} {cls.__name__}.{name}"
+            where = f"{page}:{number} {cls_name}.{name}"
             if name not in documented_defaults:
-                problems.append(f"{where}: not a field of {cls.__name__}")
+                problems.append(f"{where}: not a field of {cls_name}")
                 continue
             if name in seen:
                 problems.append(f"{where}: documented twice")
@@ -162,7 +173,7 @@ def table_problems(page: str, text: str, configs: tuple[type[Any], ...]) -> list
                 continue
             if not _same(documented, documented_defaults[name]):
                 problems.append(f"{where}: the docs say {default_cell}, the config says {documented_defaults[name]!r}")
-        problems.extend(f"{page}: {cls.__name__}.{name} is missing from its table"
+        problems.extend(f"{page}: {cls_name}.{name} is missing from its table"
                         for name in documented_defaults if name not in seen)
     return problems
 
@@ -180,7 +191,7 @@ def _paragraphs(text: str) -> list[Line]:
     return out
 
 
-def prose_problems(page: str, text: str, configs: tuple[type[Any], ...]) -> list[str]:
+def prose_problems(page: str, text: str, configs: tuple[Any, ...]) -> list[str]:
     """What ``` `field` (N) ``` mentions in the page's prose get wrong about the defaults of ``configs``."""
     problems = []
     for line in _paragraphs(text):
@@ -194,7 +205,7 @@ def prose_problems(page: str, text: str, configs: tuple[type[Any], ...]) -> list
                 default = defaults(cls).get(match.group(1))
                 if isinstance(default, int | float) and not isinstance(default, bool) and float(default) != value:
                     problems.append(
-                        f"{page}:{line.number}: {match.group(0)!r} but {cls.__name__}.{match.group(1)} defaults to {default!r}"
+                        f"{page}:{line.number}: {match.group(0)!r} but {_name(cls)}.{match.group(1)} defaults to {default!r}"
                     )
     return problems
 
@@ -210,7 +221,7 @@ def test_every_config_table_of_the_pages_is_checked() -> None:
     """A table of another config on these pages would go unchecked: add its class to PAGES."""
     for page, configs in PAGES.items():
         tables = config_tables((DOCS / page).read_text(encoding="utf-8"))
-        assert set(tables) == {cls.__name__ for cls in configs}, page
+        assert set(tables) == {_name(cls) for cls in configs}, page
 
 
 # -- the checker catches what it should (synthetic pages) -------------------------------------------

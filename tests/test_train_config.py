@@ -1,5 +1,5 @@
-"""TrainConfig: nested sampling / policy configs, dotted keys, flat aliases, one-line errors that name
-the fix, and configs stored by older checkpoints (flat mappings)."""
+"""TrainConfig: nested rollout / sampling / policy configs, dotted keys, flat aliases, one-line errors
+that name the fix, and configs stored by older checkpoints (flat mappings)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,18 @@ import pytest
 from steppo.cli import main
 from steppo_agent.policies import PolicyConfig
 from steppo_agent.records import SamplingConfig
+from steppo_agent.rollout import EpisodesConfig, RolloutConfig
 from steppo_envs.config import ConfigError
-from steppo_train.config import ALGO_DEFAULTS, ALGOS, FLAT_ALIASES, Algo, TrainConfig, load_config
+from steppo_train.config import (
+    ALGO_DEFAULTS,
+    ALGOS,
+    FLAT_ALIASES,
+    ROLLOUT_DEFAULTS,
+    Algo,
+    TrainConfig,
+    load_config,
+)
+from steppo_train.rollout_side import _eval_config, _rollout_config, preflight
 
 #: The config an iteration-7 checkpoint of an earlier run stored (runs/bench_memory/sft, before the
 #: sampling and policy options moved into nested configs).
@@ -52,7 +62,59 @@ def test_dotted_keys_and_flat_aliases_set_the_same_field() -> None:
     assert (flat.policy.kv_cache_gib, flat.sampling.temperature, flat.policy.max_model_len, flat.sampling.max_tokens) == (
         1.0, 0.7, 1024, 16)
     assert load_config("ppo", overrides={"policy": '{"cpu_linear": "onednn"}'}).policy.cpu_linear == "onednn"
-    assert all(alias.partition(".")[0] in ("sampling", "policy") for alias in FLAT_ALIASES.values())
+    assert all(alias.partition(".")[0] in ("rollout", "sampling", "policy") for alias in FLAT_ALIASES.values())
+
+
+def test_the_rollout_is_one_episodes_config_set_by_dotted_keys_flat_aliases_and_flags() -> None:
+    config = load_config("grpo")
+    assert type(config.rollout) is EpisodesConfig
+    assert config.rollout == EpisodesConfig(**ROLLOUT_DEFAULTS) == EpisodesConfig(num_tasks=8, group_size=4)
+    assert not set(EpisodesConfig.model_fields) & set(TrainConfig.model_fields)  # no field declared twice
+    assert set(EpisodesConfig.model_fields) < set(RolloutConfig.model_fields)
+    dotted = load_config("grpo", overrides={"rollout.env_id": "a/B-v0", "rollout.env_kwargs": '{"max_steps": 3}',
+                                            "rollout.num_tasks": 2, "rollout.group_size": "6", "rollout.env_workers": 1})
+    flat = load_config("grpo", overrides={"env_id": "a/B-v0", "env_kwargs": {"max_steps": 3}, "tasks_per_iteration": 2,
+                                          "group_size": 6, "env_workers": "1"})
+    assert dotted == flat
+    assert flat.rollout == EpisodesConfig(env_id="a/B-v0", env_kwargs={"max_steps": 3}, num_tasks=2, group_size=6,
+                                          env_workers=1)
+    # a partial rollout (dotted key, YAML mapping) keeps the trainer's defaults for the rest
+    assert load_config("grpo", overrides={"rollout.group_size": 8}).rollout.num_tasks == 8
+    assert load_config("grpo", overrides={"rollout": '{"max_active": 3}'}).rollout == EpisodesConfig(
+        num_tasks=8, group_size=4, max_active=3)
+
+
+def test_the_cli_flags_set_the_rollout_fields() -> None:
+    from steppo.cli import build_parser
+    from steppo.cli.train import overrides_of
+
+    args = build_parser().parse_args(["train", "--env", "a/B-v0", "--env-arg", "max_steps=3", "--tasks", "2",
+                                      "--group-size", "6", "--workers", "1", "--max-active", "5", "--set", "group_size=7"])
+    rollout = load_config("grpo", overrides=overrides_of(args)).rollout
+    assert rollout == EpisodesConfig(env_id="a/B-v0", env_kwargs={"max_steps": 3}, num_tasks=2, group_size=7,
+                                     env_workers=1, max_active=5)  # --set wins over the flag
+
+
+def test_the_trainer_passes_its_rollout_on_with_each_iterations_seeds(tmp_path: Path) -> None:
+    config = load_config("grpo", overrides={"env_kwargs": {"max_steps": 3}, "tasks_per_iteration": 2,
+                                            "rollout.max_active": 3, "eval_env_kwargs": {"split": "eval"},
+                                            "eval_tasks": 5, "seed": 10, "temperature": 0.7})
+    it3 = _rollout_config(config, 3, tmp_path / "r.jsonl")
+    assert EpisodesConfig(**it3.model_dump(include=set(EpisodesConfig.model_fields))) == config.rollout
+    assert (it3.seed, it3.sampling.seed, it3.sampling.temperature, it3.output, it3.resume, it3.validate_env) == (
+        16, 10 * 1_000_003 + 3, 0.7, tmp_path / "r.jsonl", True, False)
+    ev = _eval_config(config, tmp_path / "e.jsonl")
+    assert (ev.env_id, ev.env_kwargs, ev.num_tasks, ev.group_size, ev.max_active, ev.seed) == (
+        config.rollout.env_id, {"max_steps": 3, "split": "eval"}, 5, 1, 3, 1_000_000)
+    assert (ev.sampling.temperature, ev.sampling.seed, ev.resume) == (0.0, None, False)
+    with pytest.raises(ConfigError, match=r"unknown option sed \(did you mean seed\?\)"):
+        RolloutConfig.of(config.rollout, {"sed": 1})
+
+
+def test_the_rollouts_own_checks_run_before_any_model_loads(tmp_path: Path) -> None:
+    config = load_config("grpo", overrides={"temperature": 0.0, "output_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="group_size=4 with temperature 0 gives identical samples"):
+        preflight(config)  # raised before the env is built, and before train() loads a model
 
 
 def test_yaml_takes_nested_mappings_dotted_keys_and_aliases(tmp_path: Path) -> None:
@@ -93,8 +155,10 @@ def test_an_old_flat_checkpoint_config_loads_and_round_trips() -> None:
     config = TrainConfig.from_dict(OLD_FLAT)
     assert (config.algo, config.actor_lr, config.policy.model, config.policy.base_urls, config.sampling.max_tokens,
             config.save_every) == ("sft", 2e-05, "smollm2-135m", [], 64, 8)
+    assert config.rollout == EpisodesConfig(env_id="steppo/TextWorld-v0", num_tasks=16, group_size=1)
     stored = json.loads(json.dumps(config.to_dict()))  # what state.json holds now
     assert set(stored["policy"]) == set(PolicyConfig.model_fields) and "max_tokens" not in stored
+    assert set(stored["rollout"]) == set(EpisodesConfig.model_fields) and "tasks_per_iteration" not in stored
     assert TrainConfig.from_dict(stored) == config
 
 

@@ -287,7 +287,7 @@ def test_offline_training_from_trajectory_files(tiny: Path, tmp_path: Path) -> N
         ({"actor_lr": 0.0}, "actor_lr must be > 0"),
         ({"critic_lr": float("nan")}, "critic_lr must be a finite number"),
         ({"eval_every": -1}, "eval_every must be >= 0"),
-        ({"tasks_per_iteration": 0}, "tasks_per_iteration must be >= 1"),
+        ({"tasks_per_iteration": 0}, "rollout.num_tasks must be >= 1"),
         ({"group_size": 0}, "group_size must be >= 1"),
         ({"temperature": -1.0}, "temperature must be >= 0"),
         ({"top_p": 0.0}, "top_p must be in"),

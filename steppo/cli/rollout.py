@@ -17,11 +17,10 @@ from typing import Any, get_args
 from steppo.cli.common import ENV_ARG_HELP, UsageError, check_writable_dir, parse_env_kwargs
 from steppo_agent.policies import Backend, PolicyConfig
 from steppo_agent.records import SamplingConfig
+from steppo_agent.rollout import DEFAULT_ENV
 
 __all__ = ["DEFAULT_ENV", "add_parser", "build_policy", "default_output"]
 
-#: The environment ``steppo rollout`` / ``steppo eval`` play when ``--env`` is not given.
-DEFAULT_ENV = "steppo/TextWorld-v0"
 DEFAULT_MODEL: str = PolicyConfig.model_fields["model"].default
 _MAX_MODEL_LEN: int = PolicyConfig.model_fields["max_model_len"].default
 _MAX_TOKENS: int = SamplingConfig.model_fields["max_tokens"].default
