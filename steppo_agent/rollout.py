@@ -38,12 +38,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from steppo_agent.config_model import ConfigModel
 from steppo_agent.env_pool import EnvPool, EnvResult, resolve_env_spec
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import PolicyInfo, SamplingConfig, Step, Trajectory
 from steppo_envs.actions import clean_action_text
 from steppo_envs.config import ConfigError, UserError
+from steppo_envs.config_model import ConfigModel
 from steppo_envs.progress import progress_bar
 
 __all__ = ["DEFAULT_ENV", "STATIC_INFO_KEYS", "EnvSetupError", "EpisodesConfig", "OutputExistsError", "RenderFn",

@@ -4,7 +4,7 @@ sentence that names the fix (the ``steppo`` command prints it as ``steppo: error
 
 The environment configs (``ToolEnvConfig``, ``MultiHopQAConfig``, ``PaperSearchConfig``, the text
 worlds' ``EpisodeSettings`` and its subclasses) and the agent and trainer configs (``PolicyConfig``,
-``RolloutConfig``, ``TrainConfig``; ``steppo_agent.config_model`` re-exports this module) derive from
+``RolloutConfig``, ``TrainConfig``, ``GatewayConfig``) derive from
 :class:`ConfigModel`. A range check is a ``Field`` constraint (``ge=1``, ``gt=0, le=1``), reported as
 ``iterations must be >= 1 (got -3): e.g. iterations=10``; a cross-field check is a validator that
 raises ``ConfigError`` with its own message (kept as it is). A renamed field keeps its old name for

@@ -19,11 +19,11 @@ from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
-from steppo_agent.config_model import ConfigModel
 from steppo_agent.policies import PolicyConfig
 from steppo_agent.records import SamplingConfig
 from steppo_agent.rollout import EpisodesConfig
 from steppo_envs.config import ConfigError, did_you_mean
+from steppo_envs.config_model import ConfigModel
 
 __all__ = ["ALGOS", "ALGO_DEFAULTS", "CRITIC_LEVELS", "FLAT_ALIASES", "NESTED", "ROLLOUT_DEFAULTS", "Algo", "Level",
            "TrainConfig", "canonical_values", "load_config", "option_names"]

@@ -1,4 +1,4 @@
-"""Gateway settings (a :class:`~steppo_agent.config_model.ConfigModel`, like every agent config): where records go, how requests are batched, when episodes time out."""
+"""Gateway settings (a :class:`~steppo_envs.config_model.ConfigModel`, like every agent config): where records go, how requests are batched, when episodes time out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from steppo_agent.config_model import ConfigModel
+from steppo_envs.config_model import ConfigModel
 
 __all__ = ["GatewayConfig"]
 

@@ -24,10 +24,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from steppo_agent.config_model import ConfigModel
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import SamplingConfig
 from steppo_envs.config import ConfigError
+from steppo_envs.config_model import ConfigModel
 from steppo_envs.contract import MissingExtraError
 
 __all__ = [
