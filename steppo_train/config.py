@@ -48,9 +48,6 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 assert tuple(ALGO_DEFAULTS) == ALGOS, "ALGO_DEFAULTS needs one entry per Algo, in order"
 
-#: The nested configs of :class:`TrainConfig`: field name -> model.
-NESTED: dict[str, type[BaseModel]] = {"rollout": EpisodesConfig, "sampling": SamplingConfig, "policy": PolicyConfig}
-
 #: The trainer's own defaults for ``rollout`` where they differ from :class:`EpisodesConfig`'s (one task,
 #: one sample); a partial ``rollout`` mapping (``--set rollout.group_size=8``) is completed from them.
 ROLLOUT_DEFAULTS: dict[str, Any] = {"num_tasks": 8, "group_size": 4}
@@ -232,6 +229,13 @@ class TrainConfig(ConfigModel):
 
 
 # -- keys: flat, dotted, aliases -------------------------------------------------------------------
+#: The nested configs of :class:`TrainConfig` (field name -> model), read from its fields.
+NESTED: dict[str, type[BaseModel]] = {
+    name: f.annotation for name, f in TrainConfig.model_fields.items()
+    if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+assert set(NESTED) == {"rollout", "sampling", "policy"}, NESTED
+
+
 def option_names() -> set[str]:
     """Every key :func:`load_config` accepts: trainer options, ``group.field`` of the nested configs, aliases."""
     names = {n for n in TrainConfig.model_fields if n not in NESTED}
