@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-requests", type=int, default=20)
     parser.add_argument("--latency-max-tokens", type=int, default=4, help="response tokens of the latency requests")
     parser.add_argument("--batch-window", type=float, default=0.005)
+    parser.add_argument("--batch-max-wait", type=float, default=0.25)
     args = parser.parse_args(argv)
 
     from steppo_agent.gateway import GatewayConfig, start_gateway
@@ -164,16 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [render_messages_ids(policy.tokenizer, chat, None) for chat in chats]
     with tempfile.TemporaryDirectory() as tmp:
         config = GatewayConfig(output=Path(tmp) / "bench.jsonl", port=0, served_model_name="bench",
-                               batch_window_s=args.batch_window, max_batch=max(64, args.clients))
+                               batch_window_s=args.batch_window, batch_max_wait_s=args.batch_max_wait,
+                               max_batch=max(64, args.clients))
         with start_gateway(policy, config) as gw:
             _gateway(policy, gw.url, chats, 4)  # warm-up: both paths, every batch size once
             _direct(policy, prompts, 4)
-            direct_tps, gateway_tps = [], []
+            direct_tps, gateway_tps, call_sizes = [], [], []
             for _ in range(args.repeats):
                 tokens, seconds = _direct(policy, prompts, args.max_tokens)
                 direct_tps.append(tokens / seconds)
+                calls_before = len(gw.gateway.batcher.stats.sizes)
                 tokens_gw, seconds = _gateway(policy, gw.url, chats, args.max_tokens)
                 gateway_tps.append(tokens_gw / seconds)
+                call_sizes.append(gw.gateway.batcher.stats.sizes[calls_before:])
                 if tokens_gw != tokens:
                     print(f"note: {tokens_gw} tokens through the gateway vs {tokens} direct", file=sys.stderr)
             added = _latency(policy, gw.url, chats, prompts, args.latency_max_tokens, args.latency_requests)
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(min {1000 * min(added):.1f}, max {1000 * max(added):.1f})")
     print(f"gateway alone            {1000 * instant:8.1f} ms median round trip per request (openai client, HTTP, "
           f"rendering, a {1000 * args.batch_window:.0f} ms batch window, records) with a policy that answers at once")
-    print(f"batching: {stats.requests} requests in {stats.calls} policy calls (largest {max(stats.sizes)})")
+    print(f"batching: {stats.requests} requests in {stats.calls} policy calls (largest {max(stats.sizes)}); "
+          f"calls per throughput repeat: {' '.join(str(sizes) for sizes in call_sizes)}")
     return 0
 
 

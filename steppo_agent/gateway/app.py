@@ -99,7 +99,7 @@ class Gateway:
         self.policy, self.config = policy, config
         self.model_name = config.served_model_name or policy.model
         self.template_tools = template_supports_tools(policy.tokenizer)
-        self.batcher = Batcher(policy, config.batch_window_s, config.max_batch)
+        self.batcher = Batcher(policy, config.batch_window_s, config.max_batch, config.batch_max_wait_s)
         self.store: EpisodeStore | None = None
         self._reaper: asyncio.Task[None] | None = None
 

@@ -1,7 +1,7 @@
 """Requests that arrive together are generated together: a small asyncio batcher in front of a Policy.
 
 The first queued request opens a window of ``window_s``, and each request that arrives in it opens
-another, up to ``MAX_WAIT_WINDOWS`` windows in all; everything queued by then (up to ``max_batch``)
+another, for at most ``max_wait_s`` after the first; everything queued by then (up to ``max_batch``)
 goes to one ``policy.generate`` call per distinct sampling setting, run in a worker
 thread so the event loop keeps accepting requests (which queue up for the next call, as the rollout
 engine's rounds do). Each request carries its own seed, so its sample does not depend on its batch.
@@ -16,10 +16,7 @@ from dataclasses import dataclass, field
 from steppo_agent.policies.base import Generation, Policy
 from steppo_agent.records import SamplingConfig
 
-__all__ = ["MAX_WAIT_WINDOWS", "Batcher", "BatchStats"]
-
-#: The longest a batch waits for more requests, in windows (a steady stream cannot hold a call back).
-MAX_WAIT_WINDOWS = 10
+__all__ = ["Batcher", "BatchStats"]
 
 
 @dataclass
@@ -41,8 +38,8 @@ class BatchStats:
 class Batcher:
     """Queue single prompts, generate them in batches (one worker thread, one call at a time)."""
 
-    def __init__(self, policy: Policy, window_s: float = 0.005, max_batch: int = 64) -> None:
-        self.policy, self.window_s, self.max_batch = policy, window_s, max_batch
+    def __init__(self, policy: Policy, window_s: float = 0.005, max_batch: int = 64, max_wait_s: float = 0.25) -> None:
+        self.policy, self.window_s, self.max_batch, self.max_wait_s = policy, window_s, max_batch, max_wait_s
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.stats = BatchStats()
         self._task: asyncio.Task[None] | None = None
@@ -64,10 +61,11 @@ class Batcher:
 
     async def _collect(self) -> list[_Item]:
         """The next batch: the first queued request, then every request that arrives within ``window_s``
-        of the previous one (a burst of clients joins one call), for at most ``MAX_WAIT_WINDOWS`` windows."""
+        of the previous one (a burst of clients joins one call, however long the burst takes to arrive),
+        for at most ``max_wait_s`` after the first (a steady stream cannot hold a call back for longer)."""
         loop = asyncio.get_running_loop()
         items = [await self.queue.get()]
-        last_call = loop.time() + MAX_WAIT_WINDOWS * self.window_s
+        last_call = loop.time() + max(self.max_wait_s, self.window_s)
         while len(items) < self.max_batch:
             timeout = min(self.window_s, last_call - loop.time())
             if timeout <= 0:

@@ -21,7 +21,12 @@ class GatewayConfig(ConfigModel):
     port: int = Field(8100, ge=0, le=65535, description="TCP port; 0 = any free port.")
     batch_window_s: float = Field(
         0.005, ge=0.0, le=1.0,
-        description="How long the batcher waits after the first queued request for others to join its policy call.")
+        description="How long the batcher waits after each queued request for another to join the same policy call "
+                    "(a burst of concurrent clients becomes one call).")
+    batch_max_wait_s: float = Field(
+        0.25, ge=0.0, le=10.0,
+        description="Longest a policy call waits for its batch to fill, counted from its first request (bounds the "
+                    "delay a steady stream of requests adds).")
     max_batch: int = Field(64, ge=1, description="Most requests in one policy.generate call.")
     default_max_tokens: int = Field(
         256, ge=1, description="Response tokens when a request sets neither max_tokens nor max_completion_tokens "
