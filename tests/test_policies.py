@@ -234,6 +234,68 @@ def test_vllm_on_cpu_runs_dense_layers_with_torch_linear(vllm_policy: Any) -> No
 
 
 @pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vllm")
+def test_vllm_plugin_switches_linear_only_when_steppo_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vLLM general plugin steppo registers (pyproject.toml) is what vLLM finds, and it flips the
+    dense-layer path only under STEPPO_VLLM_CPU_LINEAR: other vLLM processes keep their default."""
+    import vllm._custom_ops as ops
+    from vllm.plugins import DEFAULT_PLUGINS_GROUP, load_plugins_by_group
+
+    from steppo_agent.policies import vllm_settings
+    from steppo_agent.policies.vllm_settings import (
+        CPU_LINEAR_ENV,
+        CPU_LINEAR_PLUGIN,
+        use_torch_linear,
+        vllm_plugin,
+    )
+
+    monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    found = load_plugins_by_group(DEFAULT_PLUGINS_GROUP).get(CPU_LINEAR_PLUGIN)
+    assert found is vllm_plugin, "entry point not registered: reinstall steppo (pip install -e . --no-deps)"
+    before = use_torch_linear(not ops._supports_onednn)  # unchanged; records vLLM's own setting
+    if not vllm_settings._ONEDNN_SUPPORTED:
+        pytest.skip("a CPU vLLM build with oneDNN linear layers only")
+    try:
+        for state in (False, True):  # either path stays as it is without steppo's variable
+            use_torch_linear(state)
+            monkeypatch.delenv(CPU_LINEAR_ENV, raising=False)
+            vllm_plugin()
+            assert ops._supports_onednn is not state
+        monkeypatch.setenv(CPU_LINEAR_ENV, "torch")
+        vllm_plugin()
+        assert ops._supports_onednn is False
+        monkeypatch.setenv(CPU_LINEAR_ENV, "onednn")
+        vllm_plugin()
+        assert ops._supports_onednn is True
+        monkeypatch.setenv(CPU_LINEAR_ENV, "mkl")
+        with pytest.raises(ValueError, match="STEPPO_VLLM_CPU_LINEAR='mkl'"):
+            vllm_plugin()
+    finally:
+        use_torch_linear(before)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vllm")
+def test_vllm_server_on_cpu_runs_dense_layers_with_torch_linear(vllm_server: Any) -> None:
+    """start_vllm_server's cpu_linear="torch" reaches the server's worker process (steppo's vLLM plugin):
+    every dense layer of the served model calls F.linear, none vLLM's oneDNN handlers."""
+    import httpx
+
+    from steppo_agent.policies.vllm_settings import vllm_is_cpu_build
+
+    if not vllm_is_cpu_build():
+        pytest.skip("the CPU vLLM build only")
+    response = httpx.post(f"{vllm_server.base_url}/collective_rpc", json={"method": "steppo_dense_layer_kernels"},
+                          timeout=30.0)
+    assert response.status_code == 200, response.text
+    kernels = response.json()["results"]  # one entry per worker
+    # SmolLM2-135M: 30 blocks x (qkv, o, gate_up, down) + the embedding and output layers; with vLLM's
+    # default (or without steppo's plugin) all 122 are {"onednn_mm": 122}
+    assert kernels == [{"linear": 122}], f"dense kernels of the server: {kernels} (steppo's vLLM plugin not loaded?)"
+
+
+@pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_VLLM, reason="needs vllm")
 def test_vllm_weight_push_matches_transformers(vllm_policy: Any, hf_policy: Any) -> None:

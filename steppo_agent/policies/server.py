@@ -4,8 +4,10 @@
 ``python -m vllm.entrypoints.openai.api_server --model DIR --host 127.0.0.1 --port N --enforce-eager``
 in its own process group (terminated as a group on exit). On the CPU build it runs without chunked
 prefill (see :func:`~steppo_agent.policies.vllm_settings.cpu_scheduler_settings`: seeded requests
-over the step's token budget crashed the engine) and logs at WARNING unless ``VLLM_LOGGING_LEVEL``
-says otherwise. By default it also loads the steppo
+over the step's token budget crashed the engine), runs dense layers with torch's ``F.linear``
+(``cpu_linear``, through steppo's vLLM plugin :func:`~steppo_agent.policies.vllm_settings.vllm_plugin`,
+as the in-process engine does) and logs at WARNING unless ``VLLM_LOGGING_LEVEL`` says otherwise.
+By default it also loads the steppo
 weight-sync worker extension and sets ``VLLM_SERVER_DEV_MODE=1`` so that
 :meth:`OpenAIPolicy.load_weights_from_path` can push weights (dev mode exposes ``/collective_rpc``:
 only bind it to 127.0.0.1).
@@ -25,17 +27,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from steppo_agent.policies.vllm_settings import (
+    CPU_LINEAR_ENV,
+    CPU_LINEAR_PLUGIN,
     cpu_scheduler_settings,
     quiet_vllm_environment,
     vllm_is_cpu_build,
 )
 from steppo_agent.policies.weight_sync import WEIGHT_SYNC_EXTENSION
+from steppo_envs.config import ConfigError
 
 __all__ = ["ServerHandle", "free_port", "start_vllm_server"]
 
@@ -101,6 +107,17 @@ def _wait_ready(handle: ServerHandle, timeout_s: float) -> None:
     )
 
 
+def _select_cpu_linear(environment: MutableMapping[str, str], cpu_linear: str) -> None:
+    """Tell steppo's vLLM plugin in the server's processes which dense-layer path to take
+    (``STEPPO_VLLM_CPU_LINEAR``); a ``VLLM_PLUGINS`` allow-list in the environment gets the plugin added."""
+    if cpu_linear not in ("torch", "onednn"):
+        raise ConfigError(f"cpu_linear must be 'torch' or 'onednn' (got {cpu_linear!r}): e.g. cpu_linear='torch'.")
+    environment[CPU_LINEAR_ENV] = cpu_linear
+    allowed = environment.get("VLLM_PLUGINS")
+    if allowed is not None and CPU_LINEAR_PLUGIN not in allowed.split(","):
+        environment["VLLM_PLUGINS"] = ",".join(filter(None, [allowed, CPU_LINEAR_PLUGIN]))
+
+
 @contextmanager
 def start_vllm_server(
     model_dir: str,
@@ -111,6 +128,7 @@ def start_vllm_server(
     max_model_len: int = 2048,
     kv_cache_gib: float = 2.0,
     dev_mode: bool = True,
+    cpu_linear: Literal["torch", "onednn"] = "torch",
     extra_args: tuple[str, ...] = (),
     ready_timeout_s: float = 300.0,
 ) -> Iterator[ServerHandle]:
@@ -124,6 +142,9 @@ def start_vllm_server(
         max_model_len: ``--max-model-len``.
         kv_cache_gib: ``VLLM_CPU_KVCACHE_SPACE`` (CPU only).
         dev_mode: set ``VLLM_SERVER_DEV_MODE=1`` and load the weight-sync worker extension.
+        cpu_linear: CPU build only: ``"torch"`` runs dense layers with ``F.linear``, ``"onednn"`` with
+            vLLM's oneDNN kernels (see ``PolicyConfig.cpu_linear``); set in the server's processes
+            through ``STEPPO_VLLM_CPU_LINEAR`` and steppo's vLLM plugin.
         extra_args: more command-line arguments.
         ready_timeout_s: how long to wait for ``/v1/models``.
     """
@@ -134,6 +155,9 @@ def start_vllm_server(
     environment.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # an in-process policy may have set it
     if dev_mode:
         environment["VLLM_SERVER_DEV_MODE"] = "1"
+    on_cpu = vllm_is_cpu_build()
+    if on_cpu:
+        _select_cpu_linear(environment, cpu_linear)
     package_root = str(Path(__file__).resolve().parents[2])  # the extension must import in the server
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
     environment.update(env or {})
@@ -142,7 +166,7 @@ def start_vllm_server(
         "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
         "--enforce-eager", "--dtype", dtype, "--max-model-len", str(max_model_len),
     ]
-    if vllm_is_cpu_build():
+    if on_cpu:
         scheduler = cpu_scheduler_settings(max_model_len)
         command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(scheduler["max_num_batched_tokens"])]
     if dev_mode:

@@ -8,6 +8,8 @@
 * :func:`vllm_is_cpu_build`: whether the installed vLLM is the CPU build (without importing it).
 * :func:`use_torch_linear`: vLLM's CPU dense layers through torch's ``F.linear`` instead of vLLM's
   per-batch-size oneDNN kernels, whose cache kept growing over a training run.
+* :func:`vllm_plugin`: the same switch in the processes of a vLLM server that steppo starts (a vLLM
+  general plugin, read from :data:`CPU_LINEAR_ENV`; it does nothing where that variable is unset).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "BENIGN_VLLM_NOTICES", "BenignNoticeFilter", "cpu_scheduler_settings", "quiet_vllm_environment", "use_torch_linear",
-    "vllm_is_cpu_build",
+    "BENIGN_VLLM_NOTICES", "CPU_LINEAR_ENV", "CPU_LINEAR_PLUGIN", "BenignNoticeFilter", "cpu_scheduler_settings",
+    "quiet_vllm_environment", "use_torch_linear", "vllm_is_cpu_build", "vllm_plugin",
 ]
 
 DEFAULT_STEP_TOKEN_BUDGET = 4096
@@ -85,6 +87,28 @@ def use_torch_linear(enabled: bool = True) -> bool:
         _ONEDNN_SUPPORTED = bool(ops._supports_onednn)
     ops._supports_onednn = _ONEDNN_SUPPORTED and not enabled
     return not ops._supports_onednn
+
+
+CPU_LINEAR_ENV = "STEPPO_VLLM_CPU_LINEAR"
+CPU_LINEAR_PLUGIN = "steppo_cpu_linear"  # the entry point's name in pyproject.toml (vllm.general_plugins)
+
+
+def vllm_plugin() -> None:
+    """vLLM general plugin (entry point ``steppo_cpu_linear`` of group ``vllm.general_plugins``):
+    apply :func:`use_torch_linear` in every process of a vLLM server that steppo starts.
+
+    vLLM calls general plugins in each process it runs (API server, engine core, workers) before a
+    model loads. Without :data:`CPU_LINEAR_ENV` (``"torch"`` or ``"onednn"``, set by
+    :func:`~steppo_agent.policies.server.start_vllm_server`) it does nothing, so other vLLM
+    processes of the same environment are left as they are.
+    """
+    choice = os.environ.get(CPU_LINEAR_ENV)
+    if not choice:
+        return
+    if choice not in ("torch", "onednn"):
+        raise ValueError(f"{CPU_LINEAR_ENV}={choice!r} is not a cpu_linear choice: set it to 'torch' or 'onednn', "
+                         "or unset it to keep vLLM's default.")
+    use_torch_linear(choice == "torch")
 
 
 def vllm_is_cpu_build() -> bool:

@@ -146,3 +146,15 @@ class WeightSyncExtension:
             return False
         quant_method.process_weights_after_loading(lm_head)
         return True
+
+    def steppo_dense_layer_kernels(self) -> dict[str, int]:
+        """How many layers of the loaded model run each CPU dense kernel, by the name of the function
+        their ``cpu_linear`` calls: ``"linear"`` (torch's ``F.linear``), ``"onednn_mm"`` (vLLM's
+        oneDNN handlers), ``"weight_packed_linear_cpu"``, ... (empty off the CPU backend). Tells a
+        caller whether ``cpu_linear`` reached the worker (``/collective_rpc`` of a server)."""
+        kernels: dict[str, int] = {}
+        for module in self.model_runner.get_model().modules():
+            code = getattr(getattr(module, "cpu_linear", None), "__code__", None)
+            if code is not None and code.co_names:
+                kernels[code.co_names[-1]] = kernels.get(code.co_names[-1], 0) + 1
+        return kernels
