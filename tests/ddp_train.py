@@ -5,8 +5,8 @@
   summation order); their checkpoints hold the gathered full weights;
 * ``fsdp_pushed.pt``: the full actor state the trainer pushes to the rollout engine (rank 0);
 * ``memory.json``: per rank, bytes of the local parameters + AdamW state after resuming each run;
-* ``fsdp/`` resumed for a second iteration, and ``fsdp_straight/``: two iterations in one go
-  (``amp`` auto: bf16 mixed precision where this CPU has native bf16).
+* ``fsdp_resumed/``: one iteration, then resumed for a second; ``fsdp_straight/``: two iterations in
+  one go (the top block trained alone; ``amp`` auto: bf16 mixed precision where this CPU has it).
 """
 
 from __future__ import annotations
@@ -53,8 +53,12 @@ def main() -> None:
         torch.save(pushed, out / "fsdp_pushed.pt")
     memory = {mode: resident_bytes(config(model, records, out / mode, parallel=mode, amp=False)) for mode in ("ddp", "fsdp")}
     (out / f"memory{rank}.json").write_text(json.dumps(memory))
-    train(config(model, records, out / "fsdp", parallel="fsdp", amp=False, iterations=2, resume=True))
-    train(config(model, records, out / "fsdp_straight", parallel="fsdp", amp=False, iterations=2, save_every=1))
+    # resume: the top block alone trains (frozen blocks; a root unit mixing frozen embeddings with a trained
+    # norm), amp auto (bf16 all-gathers and compute where this CPU has native bf16)
+    other = dict(parallel="fsdp", trainable_layers=1)
+    train(config(model, records, out / "fsdp_resumed", **other))
+    train(config(model, records, out / "fsdp_resumed", iterations=2, resume=True, **other))
+    train(config(model, records, out / "fsdp_straight", iterations=2, save_every=1, **other))
     dist.destroy_process_group()
 
 

@@ -86,7 +86,7 @@ def test_fsdp_pushes_the_full_state_dict_of_the_unsharded_model(launched: tuple[
 
 def test_fsdp_resume_is_bit_identical_to_a_straight_run(launched: tuple[Path, TrainResult]) -> None:
     tmp, _ = launched
-    resumed = _checkpoint(tmp / "fsdp" / "checkpoints" / "iter_000001")
+    resumed = _checkpoint(tmp / "fsdp_resumed" / "checkpoints" / "iter_000001")
     straight = _checkpoint(tmp / "fsdp_straight" / "checkpoints" / "iter_000001")
     for part in ("actor", "critic"):
         assert sorted(resumed[part]) == sorted(straight[part])
