@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,18 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResul
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "ddp_train.py"), str(tiny), str(records), str(tmp)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=900)
+    finally:  # a timeout (or an interrupt) leaves no rank behind waiting for the other
+        if proc.poll() is None:
+            proc.terminate()  # torchrun passes SIGTERM on to its workers
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 0, stderr[-4000:]
     single = train(config(str(tiny), str(records), tmp / "single", amp=False))
     return tmp, single
 
@@ -106,6 +117,18 @@ def test_fsdp_halves_each_ranks_weights_and_optimizer_state(launched: tuple[Path
         print(f"rank {rank}: parameters + AdamW state {memory['ddp'] / 2**20:.2f} MiB replicated (ddp), "
               f"{memory['fsdp'] / 2**20:.2f} MiB sharded (fsdp): {ratio:.3f}")
         assert ratio <= 0.6
+
+
+def test_fsdp_in_one_process_trains_like_parallel_none(launched: tuple[Path, TrainResult]) -> None:
+    import torch.distributed as dist
+
+    tmp, single = launched
+    assert single.critic is not None
+    train(config(str(tmp / "llama"), str(tmp / "records.jsonl"), tmp / "one_rank_fsdp", parallel="fsdp", amp=False))
+    assert not dist.is_initialized()  # the one-rank group the trainer opened is closed again
+    saved = _checkpoint(tmp / "one_rank_fsdp" / "checkpoints" / "iter_000000")
+    _assert_close(saved["actor"], {k: v for k, v in single.actor.state_dict().items() if k in saved["actor"]}, atol=1e-6)
+    _assert_close(saved["critic"], single.critic.state_dict(), atol=1e-6)
 
 
 def test_parallel_none_under_torchrun_names_the_fix() -> None:
