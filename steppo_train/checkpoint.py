@@ -2,6 +2,11 @@
 states and a ``state.json``; written to a temporary folder and renamed, so a killed run never leaves a
 half-written checkpoint behind.
 
+The format is the same under every ``parallel`` mode: under ``fsdp`` the full weights and optimizer
+states are gathered from the shards first (a collective: every rank calls :func:`save_checkpoint`,
+rank 0 writes), and :func:`load_checkpoint` cuts the full state back into this rank's shards. So a
+run saved with one mode resumes under another.
+
 :func:`rewind_outputs` makes the rest of ``output_dir`` agree with the checkpoint a run resumes from:
 what a killed run wrote after it (metrics rows, rollout and evaluation files of later iterations) is
 removed, so a resumed run never holds an iteration twice."""
@@ -17,6 +22,14 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from steppo_train.parallel import (
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_model_state,
+    load_optimizer_state,
+)
 
 __all__ = ["CheckpointState", "latest_checkpoint", "load_checkpoint", "rewind_outputs", "save_checkpoint"]
 
@@ -52,18 +65,30 @@ def save_checkpoint(
     config: dict[str, Any] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write a checkpoint for ``iteration`` and keep only the newest ``keep``."""
+    """Write a checkpoint for ``iteration`` and keep only the newest ``keep``.
+
+    Under torch.distributed only rank 0 writes; with sharded (FSDP) models every rank must call this
+    (the full states are gathered from all ranks)."""
     out = Path(output_dir)
     final = _dir(out, iteration)
+    writer = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    if not writer and not any(is_sharded(m) for m in (actor, critic) if m is not None):
+        return final
+    tied = {n for n, _ in actor.named_parameters(remove_duplicate=False)} - {n for n, _ in actor.named_parameters()}
+    actor_state = {k: v for k, v in full_model_state(actor).items() if k not in tied}  # as save_pretrained writes tied weights
+    critic_state = full_model_state(critic) if critic is not None else None
+    optimizer_states = {name: full_optimizer_state(opt) for name, opt in optimizers.items()}
+    if not writer:
+        return final
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    actor.save_pretrained(tmp / "actor")  # type: ignore[operator]  # PreTrainedModel.save_pretrained on an nn.Module
+    actor.save_pretrained(tmp / "actor", state_dict=actor_state)  # type: ignore[operator]  # PreTrainedModel.save_pretrained on an nn.Module
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "actor")
-    if critic is not None:
-        torch.save(critic.state_dict(), tmp / "critic.pt")
-    torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizers.pt")
+    if critic_state is not None:
+        torch.save(critic_state, tmp / "critic.pt")
+    torch.save(optimizer_states, tmp / "optimizers.pt")
     (tmp / "state.json").write_text(json.dumps({**state.__dict__, "config": config or {}}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -79,7 +104,8 @@ def load_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     critic: nn.Module | None = None,
 ) -> CheckpointState:
-    """Load weights and optimizer states in place; return the saved :class:`CheckpointState`."""
+    """Load weights and optimizer states in place (into this rank's shards when the models are
+    sharded; every rank calls it); return the saved :class:`CheckpointState`."""
     path = Path(path)
     from safetensors.torch import load_file
 
@@ -90,15 +116,17 @@ def load_checkpoint(
     state_dict: dict[str, torch.Tensor] = {}
     for f in files:
         state_dict.update(load_file(str(f)))
-    missing, unexpected = actor.load_state_dict(state_dict, strict=False)
+    missing, unexpected = load_model_state(actor, state_dict)
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are not saved
     if real_missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model (missing {real_missing[:3]}, unexpected {unexpected[:3]}).")
     if critic is not None:
-        critic.load_state_dict(torch.load(path / "critic.pt", weights_only=True, map_location="cpu"))
+        missing, unexpected = load_model_state(critic, torch.load(path / "critic.pt", weights_only=True, map_location="cpu"))
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {path} does not match the critic (missing {missing[:3]}, unexpected {unexpected[:3]}).")
     saved = torch.load(path / "optimizers.pt", weights_only=False, map_location="cpu")
     for name, opt in optimizers.items():
-        opt.load_state_dict(saved[name])
+        load_optimizer_state(opt, saved[name])
     meta = json.loads((path / "state.json").read_text())
     return CheckpointState(next_iteration=int(meta["next_iteration"]), policy_version=int(meta["policy_version"]))
 

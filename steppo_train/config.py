@@ -148,6 +148,13 @@ class TrainConfig(ConfigModel):
         "each optimizer step; without it RSS and its peak grow every iteration (see steppo_train/memory.py). "
         "Per-phase RSS is logged as memory/rss_<phase>_gib either way."))
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    parallel: Literal["none", "ddp", "fsdp"] = Field("none", description=(
+        "Training across processes launched by torchrun (docs/scale-out.md). 'none' = one process (torchrun with "
+        "WORLD_SIZE > 1 is then an error naming the fix); 'ddp' = torch DistributedDataParallel, every rank holds the "
+        "whole actor, critic and optimizer state; 'fsdp' = torch FSDP2 (fully_shard per decoder block): each rank "
+        "holds 1/N of the weights, gradients and AdamW state, full weights are gathered only to push them to the "
+        "rollout engine and to write checkpoints (same format in every mode, so a run resumes under any). Each rank "
+        "trains on its share of every minibatch's micro-batches; the reference model (kl_coef > 0) stays whole."))
     whiten_advantages: bool = Field(True, description="Whiten advantages over all step rows of the batch (StepPO does).")
     truncated_bootstrap: Literal["zero", "last_value"] = Field("zero", description=(
         "Value of the state after a truncated episode: 'zero' (the step limit is part of the task and the observation "

@@ -6,7 +6,8 @@ One iteration:
 2. recompute the old logprobs with the trainer's weights (and log the rollout/trainer gap);
 3. critic values (StepPO: last prompt token of each step; PPO: every action token);
 4. advantages for the chosen algorithm;
-5. K epochs of minibatch updates, micro-batches packed by token budget (data-parallel under torchrun);
+5. K epochs of minibatch updates, micro-batches packed by token budget (each rank its share under
+   torchrun: ``parallel`` = ddp or fsdp, :mod:`steppo_train.parallel`);
 6. push the new weights into the rollout policy;
 7. evaluate, log metrics, plot, checkpoint.
 
@@ -20,7 +21,6 @@ loop. The rollout side (collection, evaluation, pre-flight checks, rewinding on 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +50,19 @@ from steppo_train.models import (
     response_logprobs,
     values_at_action_tokens,
     values_at_last_prompt_token,
+)
+from steppo_train.parallel import (
+    Parallelism,
+    any_rank,
+    clip_gradients,
+    full_model_state,
+    gradient_sync,
+    join_group,
+    leave_group,
+    local_device,
+    rank_share,
+    wrap_actor,
+    wrap_critic,
 )
 from steppo_train.precision import resolve_amp
 from steppo_train.rollout_side import collect, evaluate, offline_batch, preflight, rewind
@@ -85,14 +98,6 @@ def init_value_head(critic: Critic, seed: int, std: float = 1e-2) -> None:
 
 
 # -- small helpers ---------------------------------------------------------------------------------
-def _dist() -> tuple[int, int]:
-    """(rank, world size); initialises torch.distributed when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
 BatchFn = Callable[[list[list[int]], list[list[int]]], Sequence[torch.Tensor]]
 """``(prompts of a micro-batch, their responses) -> one tensor per row``."""
 
@@ -108,16 +113,6 @@ def _batched(fn: BatchFn, prompts: list[list[int]], responses: list[list[int]], 
         for i, r in zip(mb, res, strict=True):
             out[i] = r.detach().cpu()
     return [out[i] for i in range(len(prompts))]
-
-
-def _allreduce_grads(params: list[nn.Parameter], world: int) -> None:
-    """Sum gradients across ranks (each rank's micro-batch weights already use the global minibatch size)."""
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
 # -- the run: what stays fixed from the first iteration to the last -----------------------------------
@@ -142,6 +137,18 @@ class Run:
     logger: MetricsLogger | None = None
     tokenizer: Any = None
     memory: PhaseMemory = field(default_factory=PhaseMemory)
+    par: Parallelism = field(default_factory=Parallelism)
+
+    @property
+    def actor_fwd(self) -> nn.Module:
+        """What the actor's forward passes call: the actor, or its DDP / FSDP view (``parallel``)."""
+        return self.par.actor or self.actor
+
+    @property
+    def critic_fwd(self) -> Critic | None:
+        """What the critic's forward passes call: the critic, or its DDP wrapper (which runs the
+        critic's forward, hence typed as one)."""
+        return self.par.critic or self.critic  # type: ignore[return-value]  # DistributedDataParallel(critic) forwards to Critic.forward
 
     def amp(self) -> torch.autocast:
         """bfloat16 autocast around forward passes (a no-op unless ``amp`` resolved to on)."""
@@ -197,15 +204,20 @@ def setup(config: TrainConfig, policy: Policy | None = None) -> Run:
     from steppo_agent.default_model import resolve_model
 
     config.validate()
-    rank, world = _dist()
+    par = join_group(config.parallel)
+    rank = par.rank
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model(config.policy.model)
     preflight(config)
-    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    device = local_device()
     actor, critic, reference = _models(config, model_path, device)
-    run = Run(config, rank, world, device, out_dir, actor, critic, reference, optimizers={},
-              state=CheckpointState(next_iteration=0, policy_version=0), memory=PhaseMemory(trim=config.trim_memory))
+    use_amp = resolve_amp(config.amp, device, announce=rank == 0) if config.dtype == "float32" else False
+    wrap_actor(par, actor, bf16=use_amp)  # before the optimizers: fsdp swaps the parameters for shards
+    wrap_critic(par, critic, bf16=use_amp)
+    run = Run(config, rank, par.world, device, out_dir, actor, critic, reference, optimizers={},
+              state=CheckpointState(next_iteration=0, policy_version=0), use_amp=use_amp,
+              memory=PhaseMemory(trim=config.trim_memory), par=par)
     run.optimizers["actor"] = torch.optim.AdamW(run.params("actor"), lr=config.actor_lr, weight_decay=config.weight_decay)
     if critic is not None:
         run.optimizers["critic"] = torch.optim.AdamW(run.params("critic"), lr=config.critic_lr, weight_decay=config.weight_decay)
@@ -213,18 +225,26 @@ def setup(config: TrainConfig, policy: Policy | None = None) -> Run:
     if ckpt is not None:
         run.state = load_checkpoint(ckpt, actor, run.optimizers, critic)
     _rollout_source(run, policy)
+    par.pushes = any_rank(par, run.policy is not None)
     if rank == 0:
         rewind(config, out_dir, run.state.next_iteration, ckpt, run.policy)
-    if run.policy is not None and run.state.next_iteration > 0:
-        push_weights(run.policy, _cpu_state(actor), config.weights_dir)
-    run.use_amp = resolve_amp(config.amp, device, announce=rank == 0) if config.dtype == "float32" else False
+    if run.state.next_iteration > 0:
+        _push_weights(run)
     run.logger = MetricsLogger(out_dir / "metrics.jsonl", tensorboard=config.tensorboard) if rank == 0 else None
     run.tokenizer = AutoTokenizer.from_pretrained(model_path)
     return run
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def _push_weights(run: Run) -> bool:
+    """The actor's full weights into the rollout policy (rank 0 holds it); gathering sharded weights
+    is a collective every rank joins. Returns whether this rank pushed."""
+    if not run.par.pushes:
+        return False
+    weights = full_model_state(run.actor) if run.par.sharded or run.policy is not None else {}
+    if run.policy is None:
+        return False
+    push_weights(run.policy, weights, run.config.weights_dir)
+    return True
 
 
 # -- the phases of one iteration --------------------------------------------------------------------
@@ -261,7 +281,7 @@ def score_phase(run: Run, batch: StepBatch) -> tuple[list[torch.Tensor], list[to
         old = [torch.zeros(len(r)) for r in batch.response_ids]
     else:
         with run.amp():
-            old = run.batched(lambda p, r: response_logprobs(run.actor, p, r, pad_multiple=pad), batch)
+            old = run.batched(lambda p, r: response_logprobs(run.actor_fwd, p, r, pad_multiple=pad), batch)
         gaps = [(o - torch.tensor(s)).abs() for o, s in zip(old, batch.rollout_logprobs, strict=True) if len(s) and len(s) == o.numel()]
         if gaps:
             flat = torch.cat(gaps)
@@ -288,32 +308,46 @@ def values_phase(run: Run, batch: StepBatch) -> tuple[torch.Tensor | None, list[
         return None, run.batched(lambda p, r: values_at_action_tokens(critic, p, r, pad_multiple=pad), batch), {}
 
 
+def _microbatch(run: Run, data: IterationData, units: list[int], mb_units: int, mb_rows: int, mb_tokens: int,
+                scale: float) -> dict[str, float]:
+    """Forward and backward of one micro-batch, its losses times ``scale``; returns the logged losses."""
+    config = run.config
+    with run.amp():
+        loss, logged = actor_loss(config, run.actor_fwd, data, units, mb_units, mb_tokens)
+    (loss * scale).backward()
+    critic = run.critic_fwd
+    if critic is not None:
+        rows = [r for u in units for r in data.units[u]]
+        with run.amp():
+            vloss, vlogged = critic_loss(config, critic, data, rows, mb_rows, mb_tokens)
+        (vloss * scale).backward()
+        logged = {**logged, **vlogged}
+    return logged
+
+
 def _minibatch_step(run: Run, data: IterationData, mb_units: list[int], sums: dict[str, float]) -> None:
     """Gradients of one minibatch (micro-batches packed by token budget, this rank's share), then one
-    optimizer step per model; logged losses are added to ``sums``."""
+    optimizer step per model; logged losses are added to ``sums``.
+
+    Each micro-batch's loss weights use the whole minibatch's size, so the minibatch gradient is the
+    *sum* over ranks; DDP / FSDP average over ranks, hence every loss is scaled by ``world``. All ranks
+    run the same number of backward passes (a rank short of micro-batches adds zero-weight passes on
+    one unit) and gradients are synchronised in the last one only."""
     config, batch = run.config, data.batch
     mb_rows = [r for u in mb_units for r in data.units[u]]
     mb_tokens = sum(len(batch.response_ids[r]) for r in mb_rows)
     for opt in run.optimizers.values():
         opt.zero_grad(set_to_none=True)
     packs = pack_units([data.units[u] for u in mb_units], batch, config.token_budget, config.pad_multiple)
-    for pack in packs[run.rank::run.world]:
-        units = [mb_units[i] for i in pack]
-        with run.amp():
-            loss, logged = actor_loss(config, run.actor, data, units, len(mb_units), mb_tokens)
-        loss.backward()
-        if run.critic is not None:
-            rows = [r for u in units for r in data.units[u]]
-            with run.amp():
-                vloss, vlogged = critic_loss(config, run.critic, data, rows, len(mb_rows), mb_tokens)
-            vloss.backward()
-            logged = {**logged, **vlogged}
-        for k, v in logged.items():
+    mine, passes = rank_share(packs, run.rank, run.world)
+    for i in range(passes):
+        pack, scale = (mine[i], float(run.world)) if i < len(mine) else (packs[-1][-1:], 0.0)
+        with gradient_sync(run.par.roots, enabled=i == passes - 1):
+            logged = _microbatch(run, data, [mb_units[j] for j in pack], len(mb_units), len(mb_rows), mb_tokens, scale)
+        for k, v in logged.items() if scale else ():
             sums[k] = sums.get(k, 0.0) + v
     for name, opt in run.optimizers.items():
-        params = run.params(name)
-        _allreduce_grads(params, run.world)
-        norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        norm = clip_gradients(run.params(name), config.max_grad_norm)
         if name == "actor":
             sums["losses/actor_grad_norm"] = sums.get("losses/actor_grad_norm", 0.0) + norm
         opt.step()
@@ -344,18 +378,25 @@ def update_phase(run: Run, data: IterationData, iteration: int) -> dict[str, flo
 
 def push_phase(run: Run) -> None:
     """6. The new actor weights into the rollout policy (:func:`~steppo_agent.policies.weight_sync.push_weights`)."""
-    if run.policy is not None:
-        push_weights(run.policy, _cpu_state(run.actor), run.config.weights_dir)
+    if _push_weights(run):
         run.state.policy_version += 1
         run.memory.after("push")
 
 
 def report_phase(run: Run, iteration: int, metrics: dict[str, float], started: float) -> None:
-    """7. Rank 0: held-out evaluation (every ``eval_every``), metrics row, progress line, plot, checkpoint."""
+    """7. Rank 0: held-out evaluation (every ``eval_every``), metrics row, progress line, plot; then the
+    checkpoint (every rank joins: gathering sharded weights is a collective; rank 0 writes)."""
     config = run.config
     run.state.next_iteration = iteration + 1
-    if run.rank != 0:
-        return
+    if run.rank == 0:
+        _log_iteration(run, iteration, metrics, started)
+    if (iteration + 1) % config.save_every == 0 or iteration + 1 == config.iterations:
+        save_checkpoint(run.out_dir, iteration, run.state, run.actor, run.optimizers, run.critic,
+                        tokenizer=run.tokenizer, config=config.to_dict())
+
+
+def _log_iteration(run: Run, iteration: int, metrics: dict[str, float], started: float) -> None:
+    config = run.config
     if run.policy is not None and config.eval_every and (iteration + 1) % config.eval_every == 0:
         metrics.update(evaluate(config, run.policy, iteration + 1, run.out_dir))
         run.memory.after("eval")
@@ -366,9 +407,6 @@ def report_phase(run: Run, iteration: int, metrics: dict[str, float], started: f
     run.logger.log(iteration, {k: v for k, v in metrics.items() if math.isfinite(v)})
     print(iteration_line(iteration, config.iterations, metrics), flush=True)
     plot_metrics({config.algo: run.out_dir / "metrics.jsonl"}, run.out_dir / "learning_curves.png", title=f"{config.algo} on {config.rollout.env_id}")
-    if (iteration + 1) % config.save_every == 0 or iteration + 1 == config.iterations:
-        save_checkpoint(run.out_dir, iteration, run.state, run.actor, run.optimizers, run.critic,
-                        tokenizer=run.tokenizer, config=config.to_dict())
 
 
 def close(run: Run) -> None:
@@ -376,8 +414,7 @@ def close(run: Run) -> None:
         run.logger.close()
     if run.owns_policy and run.policy is not None:
         run.policy.close()
-    if run.world > 1:
-        dist.barrier()
+    leave_group(run.par)
 
 
 # -- the loop ----------------------------------------------------------------------------------------

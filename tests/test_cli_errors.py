@@ -79,6 +79,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("zero learning rate", ["train", "--set", "critic_lr=0"], 2, "critic_lr must be > 0"),
     ("infinite learning rate", ["train", "--set", "actor_lr=Infinity"], 2, "actor_lr must be a finite number"),
     ("negative eval_every", ["train", "--set", "eval_every=-1"], 2, "eval_every must be >= 0"),
+    ("unknown parallel mode", ["train", "--set", "parallel=zero3"], 2, "parallel: Input should be 'none', 'ddp' or 'fsdp'"),
     ("zero tasks per iteration", ["train", "--tasks", "0"], 2, "rollout.num_tasks must be >= 1 (got 0): pass --tasks 1 or more"),
     ("top_p out of range", ["train", "--set", "top_p=1.5"], 2, "top_p must be in (0, 1]"),
     ("negative train temperature", ["train", "--set", "temperature=-0.5"], 2, "temperature must be >= 0"),
