@@ -1,6 +1,8 @@
 """Checkpoints: ``output_dir/checkpoints/iter_NNNNNN/`` with the actor (HF folder), critic, optimizer
 states and a ``state.json``; written to a temporary folder and renamed, so a killed run never leaves a
-half-written checkpoint behind.
+half-written checkpoint behind. A LoRA run (``lora.rank > 0``) keeps the actor's adapter in
+``actor_adapter/`` (what resuming loads), the merged model in ``actor/`` (for ``steppo eval`` and
+serving), and of the critic only its adapters and value head (:mod:`steppo_train.lora`).
 
 :func:`rewind_outputs` makes the rest of ``output_dir`` agree with the checkpoint a run resumes from:
 what a killed run wrote after it (metrics rows, rollout and evaluation files of later iterations) is
@@ -17,6 +19,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from steppo_train.lora import critic_state_dict, is_lora, load_critic_state, load_lora_actor, save_lora_actor
 
 __all__ = ["CheckpointState", "latest_checkpoint", "load_checkpoint", "rewind_outputs", "save_checkpoint"]
 
@@ -58,11 +62,14 @@ def save_checkpoint(
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    actor.save_pretrained(tmp / "actor")  # type: ignore[operator]  # PreTrainedModel.save_pretrained on an nn.Module
+    if is_lora(actor):
+        save_lora_actor(tmp, actor)
+    else:
+        actor.save_pretrained(tmp / "actor")  # type: ignore[operator]  # PreTrainedModel.save_pretrained on an nn.Module
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "actor")
     if critic is not None:
-        torch.save(critic.state_dict(), tmp / "critic.pt")
+        torch.save(critic_state_dict(critic), tmp / "critic.pt")
     torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizers.pt")
     (tmp / "state.json").write_text(json.dumps({**state.__dict__, "config": config or {}}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
@@ -81,6 +88,21 @@ def load_checkpoint(
 ) -> CheckpointState:
     """Load weights and optimizer states in place; return the saved :class:`CheckpointState`."""
     path = Path(path)
+    if is_lora(actor):  # the adapter (actor/ holds the merged model, for serving)
+        load_lora_actor(path, actor)
+    else:
+        _load_full_actor(path, actor)
+    if critic is not None:
+        load_critic_state(critic, torch.load(path / "critic.pt", weights_only=True, map_location="cpu"))
+    saved = torch.load(path / "optimizers.pt", weights_only=False, map_location="cpu")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(saved[name])
+    meta = json.loads((path / "state.json").read_text())
+    return CheckpointState(next_iteration=int(meta["next_iteration"]), policy_version=int(meta["policy_version"]))
+
+
+def _load_full_actor(path: Path, actor: nn.Module) -> None:
+    """Load a full-weights checkpoint's ``actor/`` folder into ``actor`` in place."""
     from safetensors.torch import load_file
 
     actor_dir = path / "actor"
@@ -94,13 +116,6 @@ def load_checkpoint(
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are not saved
     if real_missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model (missing {real_missing[:3]}, unexpected {unexpected[:3]}).")
-    if critic is not None:
-        critic.load_state_dict(torch.load(path / "critic.pt", weights_only=True, map_location="cpu"))
-    saved = torch.load(path / "optimizers.pt", weights_only=False, map_location="cpu")
-    for name, opt in optimizers.items():
-        opt.load_state_dict(saved[name])
-    meta = json.loads((path / "state.json").read_text())
-    return CheckpointState(next_iteration=int(meta["next_iteration"]), policy_version=int(meta["policy_version"]))
 
 
 def _rewrite_atomically(path: Path, text: str) -> None:

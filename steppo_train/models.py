@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from steppo_envs.config import ConfigError
+from steppo_train.lora import LoraConfig, apply_lora
 
 __all__ = [
     "Critic",
@@ -70,7 +71,12 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     trainable_layers: int | None = None
     """Train only the top N transformer blocks and the final norm (and the critic's value head);
-    embeddings and the LM head stay frozen. ``None`` trains every weight."""
+    embeddings and the LM head stay frozen. ``None`` trains every weight. With LoRA: adapters only
+    in the top N blocks (every base weight frozen)."""
+    lora: LoraConfig | None = None
+    """LoRA adapters (:func:`steppo_train.lora.apply_lora`) when ``lora.rank > 0``: only they train."""
+    seed: int = 0
+    """Seed of the adapters' initialisation (LoRA only)."""
 
 
 def _torch_dtype(dtype: Dtype) -> torch.dtype:
@@ -110,16 +116,19 @@ def freeze_lower_layers(decoder: nn.Module, trainable_layers: int) -> None:
 
 
 def load_actor(config: ModelConfig) -> nn.Module:
-    """Load the actor: ``AutoModelForCausalLM.from_pretrained(config.path, dtype=...)``."""
+    """Load the actor: ``AutoModelForCausalLM.from_pretrained(config.path, dtype=...)``; with ``config.lora``
+    (rank > 0) wrapped by PEFT so that only its adapters train (:func:`steppo_train.lora.apply_lora`)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(config.path, dtype=_torch_dtype(config.dtype))
+    if config.gradient_checkpointing:
+        _enable_checkpointing(model)
+    if config.lora is not None and config.lora.enabled:
+        return apply_lora(model, config.lora, trainable_layers=config.trainable_layers, seed=config.seed)
     if config.trainable_layers is not None:
         for p in model.parameters():
             p.requires_grad_(False)
         freeze_lower_layers(model.get_decoder(), config.trainable_layers)
-    if config.gradient_checkpointing:
-        _enable_checkpointing(model)
     return model
 
 
@@ -146,15 +155,19 @@ class Critic(nn.Module):
 
 
 def load_critic(config: ModelConfig) -> Critic:
-    """Load the critic: ``AutoModel.from_pretrained(config.path)`` (the base transformer) + a value head."""
+    """Load the critic: ``AutoModel.from_pretrained(config.path)`` (the base transformer) + a value head;
+    with ``config.lora`` (rank > 0) the transformer is wrapped by PEFT (adapters train, the head too)."""
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(config.path, dtype=_torch_dtype(config.dtype))
-    if config.trainable_layers is not None:
-        freeze_lower_layers(backbone, config.trainable_layers)
+    hidden_size = int(backbone.config.hidden_size)
     if config.gradient_checkpointing:
         _enable_checkpointing(backbone)
-    return Critic(backbone, int(backbone.config.hidden_size))
+    if config.lora is not None and config.lora.enabled:
+        backbone = apply_lora(backbone, config.lora, trainable_layers=config.trainable_layers, seed=config.seed)
+    elif config.trainable_layers is not None:
+        freeze_lower_layers(backbone, config.trainable_layers)
+    return Critic(backbone, hidden_size)
 
 
 def padded_width(longest: int, pad_multiple: int = 1) -> int:
@@ -295,7 +308,8 @@ def response_token_stats(
     head matmul runs in the model's dtype; softcap, temperature and ``log_softmax`` in fp32.
 
     The model must expose ``get_decoder()`` (the base transformer, final norm included) and
-    ``get_output_embeddings()`` (the LM head), as HF causal LMs do. ``pad_multiple`` rounds the
+    ``get_output_embeddings()`` (the LM head), as HF causal LMs do (a PEFT-wrapped LoRA model forwards
+    both to its base model, whose linear layers carry the adapters). ``pad_multiple`` rounds the
     padded width up (see :func:`padded_width`); padding never changes a sample's results.
     """
     device = _param_device(model)

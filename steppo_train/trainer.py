@@ -40,6 +40,7 @@ from steppo_train.batch import StepBatch, build_step_batch
 from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from steppo_train.config import TrainConfig
 from steppo_train.logging_utils import MetricsLogger, iteration_line, plot_metrics
+from steppo_train.lora import rollout_state_dict
 from steppo_train.memory import PhaseMemory, release_free_memory
 from steppo_train.models import (
     Critic,
@@ -160,11 +161,12 @@ def _models(config: TrainConfig, model_path: str, device: torch.device) -> tuple
     from steppo_agent.default_model import resolve_model
 
     actor = load_actor(ModelConfig(model_path, config.dtype, config.gradient_checkpointing,
-                                   trainable_layers=config.trainable_layers)).to(device)
+                                   trainable_layers=config.trainable_layers, lora=config.lora, seed=config.seed)).to(device)
     critic = None
     if config.uses_critic:
         critic = load_critic(ModelConfig(resolve_model(config.critic_model or config.policy.model), config.dtype,
-                                         config.gradient_checkpointing, trainable_layers=config.trainable_layers))
+                                         config.gradient_checkpointing, trainable_layers=config.trainable_layers,
+                                         lora=config.lora if config.lora.critic else None, seed=config.seed + 1))
         init_value_head(critic, config.seed)
         critic.to(device)
     reference = load_actor(ModelConfig(model_path, config.dtype)).to(device).eval() if config.kl_coef > 0 else None
@@ -224,7 +226,7 @@ def setup(config: TrainConfig, policy: Policy | None = None) -> Run:
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return rollout_state_dict(model)  # LoRA: adapters merged into the base weights, under their original names
 
 
 # -- the phases of one iteration --------------------------------------------------------------------
