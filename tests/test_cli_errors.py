@@ -77,6 +77,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("negative --iterations flag", ["train", "--iterations", "-3"], 2, "iterations must be >= 1"),
     ("zero save_every", ["train", "--set", "save_every=0"], 2, "save_every must be >= 1"),
     ("zero learning rate", ["train", "--set", "critic_lr=0"], 2, "critic_lr must be > 0"),
+    ("negative LoRA rank", ["train", "--set", "lora.rank=-1"], 2, "lora.rank must be >= 0"),
     ("infinite learning rate", ["train", "--set", "actor_lr=Infinity"], 2, "actor_lr must be a finite number"),
     ("negative eval_every", ["train", "--set", "eval_every=-1"], 2, "eval_every must be >= 0"),
     ("zero tasks per iteration", ["train", "--tasks", "0"], 2, "rollout.num_tasks must be >= 1 (got 0): pass --tasks 1 or more"),

@@ -43,15 +43,19 @@ def _config(tiny: Path, out: Path, **extra: object) -> Any:
 
 
 class Runs:
-    """Two LoRA StepPO iterations straight, and one iteration then a resumed second one."""
+    """Two LoRA StepPO iterations straight (``a``), and a copy of that run whose newest checkpoint is
+    deleted (``b``: the run stopped after iteration 0's checkpoint), resumed for iteration 1."""
 
     def __init__(self, tiny: Path, root: Path) -> None:
+        import shutil
+
         from steppo_agent.policies import PolicyConfig, make_policy
 
         self.root = root
-        self.policy = make_policy(PolicyConfig(backend="hf", model=str(tiny)))
+        self.policy: Any = make_policy(PolicyConfig(backend="hf", model=str(tiny)))
         self.straight: TrainResult = train(_config(tiny, root / "a"), policy=self.policy)
-        train(_config(tiny, root / "b", iterations=1))
+        shutil.copytree(root / "a", root / "b")
+        shutil.rmtree(root / "b" / "checkpoints" / "iter_000001")
         self.resumed: TrainResult = train(_config(tiny, root / "b", resume=True))
 
 
@@ -107,7 +111,7 @@ def test_checkpoint_holds_adapters_and_resume_is_exact(runs: Runs) -> None:
         assert x is not None and y is not None
         ys = dict(y.named_parameters())
         assert [k for k, p in x.named_parameters() if not torch.equal(p, ys[k])] == []
-    ckpt = runs.root / "b" / "checkpoints" / "iter_000001"
+    ckpt = runs.root / "b" / "checkpoints" / "iter_000001"  # written by the resumed run
     assert (ckpt / ADAPTER_DIR / "adapter_model.safetensors").exists()
     assert b.critic is not None
     critic_saved = torch.load(ckpt / "critic.pt", weights_only=True)
@@ -186,7 +190,7 @@ def test_vllm_serves_the_merged_lora_weights(vllm_policy: Any, default_model_dir
     from steppo_agent.records import SamplingConfig
 
     model = _lora_model(default_model_dir, rank=8, alpha=16, b_std=0.01)
-    original = {k: v for k, v in load_actor(ModelConfig(default_model_dir)).state_dict().items()}
+    plain = load_actor(ModelConfig(default_model_dir))
     prompts = [render_prompt_ids(vllm_policy.tokenizer, "You are a helpful agent. Answer briefly.", o, None)
                for o in ("You are in a kitchen. There is a fridge. What do you do?", "Question: what is 2 + 3?")]
     greedy = SamplingConfig(temperature=0.0, max_tokens=16)
@@ -195,10 +199,10 @@ def test_vllm_serves_the_merged_lora_weights(vllm_policy: Any, default_model_dir
         gens = vllm_policy.generate(prompts, greedy)
         with torch.no_grad():
             trainer = response_logprobs(model, prompts, [g.token_ids for g in gens])
-            base = response_logprobs(load_actor(ModelConfig(default_model_dir)), prompts, [g.token_ids for g in gens])
+            base = response_logprobs(plain, prompts, [g.token_ids for g in gens])
         gaps = [abs(a - b) for t, g in zip(trainer, gens, strict=True) for a, b in zip(t.tolist(), g.logprobs, strict=True)]
         print(f"\nvllm with merged LoRA weights: gap vs the trainer mean {sum(gaps) / len(gaps):.2e} max {max(gaps):.2e}")
         assert max(gaps) < 1e-3  # tolerance of test_vllm_weight_push_matches_transformers
         assert max(float((t - b).abs().max()) for t, b in zip(trainer, base, strict=True)) > 1e-2  # not the base
     finally:
-        vllm_policy.load_weights(original)
+        vllm_policy.load_weights(plain.state_dict())  # the session's engine gets the default model back
