@@ -3,6 +3,8 @@
 * The **actor** is a Hugging Face causal LM (:func:`load_actor`).
 * The **critic** (:class:`Critic`, :func:`load_critic`) is a separate copy of the same checkpoint's
   base transformer (no LM head) with a scalar value head ``nn.Linear(hidden, 1)``.
+* With ``ModelConfig.lora`` (rank > 0) either is wrapped by PEFT (:mod:`steppo_train.lora`): only the
+  adapters (and the critic's value head) train; the functions below work on the wrapped model as is.
 * :func:`response_logprobs` computes the log-probability of each response token given the prompt
   and the earlier response tokens. It never builds full-vocabulary logits for prompt positions:
   it runs the base transformer, keeps the hidden states of the positions that predict response
