@@ -12,8 +12,14 @@ blocks trainable, the results recipe). It first prints the CPU, its bf16 capabil
 choice. Where bf16 is not native the forced ``amp`` phase would be ~30x slower than float32 and is
 skipped (the probe's measured factor is printed instead) unless ``--force-bf16``.
 
+LoRA vs full fine-tuning, side by side in the same run: the ``lora`` phase is the float32 trainer
+phase with PEFT adapters (``--lora-rank``, alpha = 2 * rank, the attention and MLP projections) and
+prints, next to the full ``trainer`` phase, the median update time per optimizer step, the peak RSS and
+the AdamW state bytes, with their ratios. ``--phases trainer lora`` runs only those two.
+
     python benchmarks/bench_trainer.py                 # the default model (SmolLM2-135M)
     python benchmarks/bench_trainer.py --rows 8 --prompt 256 --response 64 --repeats 3
+    python benchmarks/bench_trainer.py --phases trainer lora --lora-rank 16
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+PHASES = ["raw", "trainer", "amp", "auto", "auto+top8", "lora"]
 
 
 def _rows(n: int, prompt: int, response: int, vocab: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
@@ -51,7 +59,10 @@ def _phase(args: argparse.Namespace) -> dict[str, float]:
     from steppo_train.precision import resolve_amp
 
     amp = True if args.phase == "amp" else resolve_amp("auto", announce=False) if args.phase.startswith("auto") else False
-    actor = load_actor(ModelConfig(path, trainable_layers=8 if args.phase == "auto+top8" else None))
+    from steppo_train.lora import LoraConfig
+
+    lora = LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank) if args.phase == "lora" else None
+    actor = load_actor(ModelConfig(path, trainable_layers=8 if args.phase == "auto+top8" else None, lora=lora))
     vocab = actor.config.vocab_size
     prompts, responses = _rows(args.rows, args.prompt, args.response, vocab)
     tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
@@ -95,8 +106,11 @@ def _phase(args: argparse.Namespace) -> dict[str, float]:
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
     med = statistics.median(times[1:] if len(times) > 2 else times)
+    opt_bytes = sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if torch.is_tensor(t))
     return {"tokens": tokens, "seconds_median": med, "tokens_per_s": tokens / med,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "optimizer_state_mib": opt_bytes / 2**20,
+            "trainable_params": sum(p.numel() for p in actor.parameters() if p.requires_grad)}
 
 
 def main() -> None:
@@ -109,7 +123,9 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--force-bf16", action="store_true", help="run the forced-bf16 phase even where bf16 is not native")
-    ap.add_argument("--phase", choices=["raw", "trainer", "amp", "auto", "auto+top8"], help=argparse.SUPPRESS)
+    ap.add_argument("--lora-rank", type=int, default=16, help="rank of the lora phase (alpha = 2 * rank)")
+    ap.add_argument("--phases", nargs="+", choices=PHASES, default=PHASES, help="phases to run (default: all)")
+    ap.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
         print(json.dumps(_phase(args)))
@@ -120,25 +136,41 @@ def main() -> None:
     print(f"cpu: {describe_cpu()}")
     print(f"bf16: {'native' if support.native else 'NOT native'} ({support.reason}); amp=auto -> "
           f"{'on' if support.native else 'off'}; probe: a bf16 matmul takes {bf16_slowdown():.2f}x the float32 time")
-    phases = ["raw", "trainer", "amp", "auto", "auto+top8"]
-    if not support.native and not args.force_bf16:
+    phases = list(args.phases)
+    if "amp" in phases and not support.native and not args.force_bf16:
         phases.remove("amp")
         print("forced-bf16 phase skipped: bf16 is not native here (pass --force-bf16 to measure it)")
     results = {}
     for phase in phases:
         cmd = [sys.executable, __file__, "--phase", phase] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("phase", "force_bf16")]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("phase", "phases", "force_bf16")]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[phase] = json.loads(out)
-    raw, tr = results["raw"], results["trainer"]
-    print(f"model={args.model} rows={args.rows} prompt~{args.prompt} response~{args.response} tokens/update={raw['tokens']}")
-    print(f"{'phase':<10}{'median s':>10}{'tokens/s':>12}{'peak RSS GiB':>14}")
+    _report(args, results)
+
+
+def _report(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
+    first = next(iter(results.values()))
+    print(f"model={args.model} rows={args.rows} prompt~{args.prompt} response~{args.response} tokens/update={first['tokens']}")
+    print(f"{'phase':<10}{'median s':>10}{'tokens/s':>12}{'peak RSS GiB':>14}{'AdamW MiB':>11}{'trainable':>12}")
     for name, r in results.items():
-        print(f"{name:<10}{r['seconds_median']:>10.2f}{r['tokens_per_s']:>12.1f}{r['peak_rss_gib']:>14.2f}")
-    print(f"ratio trainer/raw tokens/s = {tr['tokens_per_s'] / raw['tokens_per_s']:.2f} (goal >= 0.8)")
+        print(f"{name:<10}{r['seconds_median']:>10.2f}{r['tokens_per_s']:>12.1f}{r['peak_rss_gib']:>14.2f}"
+              f"{r['optimizer_state_mib']:>11.1f}{int(r['trainable_params']):>12,}")
+    tr = results.get("trainer")
+    if tr is None:
+        return
+    if "raw" in results:
+        print(f"ratio trainer/raw tokens/s = {tr['tokens_per_s'] / results['raw']['tokens_per_s']:.2f} (goal >= 0.8)")
     for name in ("amp", "auto", "auto+top8"):
         if name in results:
             print(f"speed-up {name} over the float32 trainer = {results[name]['tokens_per_s'] / tr['tokens_per_s']:.2f}x")
+    if "lora" in results:
+        lo = results["lora"]
+        print(f"LoRA rank {args.lora_rank} vs full fine-tuning: update time per step {lo['seconds_median']:.2f} s vs "
+              f"{tr['seconds_median']:.2f} s (ratio {lo['seconds_median'] / tr['seconds_median']:.2f}); peak RSS "
+              f"{lo['peak_rss_gib']:.2f} vs {tr['peak_rss_gib']:.2f} GiB (ratio {lo['peak_rss_gib'] / tr['peak_rss_gib']:.2f}); "
+              f"AdamW state {lo['optimizer_state_mib']:.1f} vs {tr['optimizer_state_mib']:.1f} MiB "
+              f"(ratio {lo['optimizer_state_mib'] / tr['optimizer_state_mib']:.3f})")
 
 
 if __name__ == "__main__":

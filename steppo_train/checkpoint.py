@@ -1,6 +1,8 @@
 """Checkpoints: ``output_dir/checkpoints/iter_NNNNNN/`` with the actor (HF folder), critic, optimizer
 states and a ``state.json``; written to a temporary folder and renamed, so a killed run never leaves a
-half-written checkpoint behind.
+half-written checkpoint behind. A LoRA run (``lora.rank > 0``) keeps the actor's adapter in
+``actor_adapter/`` (what resuming loads), the merged model in ``actor/`` (for ``steppo eval`` and
+serving), and of the critic only its adapters and value head (:mod:`steppo_train.lora`).
 
 The format is the same under every ``parallel`` mode: under ``fsdp`` the full weights and optimizer
 states are gathered from the shards first (a collective: every rank calls :func:`save_checkpoint`,
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from steppo_train.lora import critic_state_dict, is_lora, load_critic_state, load_lora_actor, save_lora_actor
 from steppo_train.parallel import (
     full_model_state,
     full_optimizer_state,
@@ -75,15 +78,19 @@ def save_checkpoint(
     if not writer and not any(is_sharded(m) for m in (actor, critic) if m is not None):
         return final
     tied = {n for n, _ in actor.named_parameters(remove_duplicate=False)} - {n for n, _ in actor.named_parameters()}
-    actor_state = {k: v for k, v in full_model_state(actor).items() if k not in tied}  # as save_pretrained writes tied weights
-    critic_state = full_model_state(critic) if critic is not None else None
+    actor_state = None if is_lora(actor) else {  # as save_pretrained writes tied weights
+        k: v for k, v in full_model_state(actor).items() if k not in tied}
+    critic_state = (critic_state_dict(critic) if not is_sharded(critic) else full_model_state(critic)) if critic is not None else None
     optimizer_states = {name: full_optimizer_state(opt) for name, opt in optimizers.items()}
     if not writer:
         return final
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    actor.save_pretrained(tmp / "actor", state_dict=actor_state)  # type: ignore[operator]  # PreTrainedModel.save_pretrained on an nn.Module
+    if actor_state is None:  # LoRA (never sharded): the adapter, and the merged model for serving
+        save_lora_actor(tmp, actor)
+    else:
+        actor.save_pretrained(tmp / "actor", state_dict=actor_state)  # type: ignore[operator]  # PreTrainedModel.save_pretrained on an nn.Module
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "actor")
     if critic_state is not None:
@@ -107,6 +114,27 @@ def load_checkpoint(
     """Load weights and optimizer states in place (into this rank's shards when the models are
     sharded; every rank calls it); return the saved :class:`CheckpointState`."""
     path = Path(path)
+    if is_lora(actor):  # the adapter (actor/ holds the merged model, for serving)
+        load_lora_actor(path, actor)
+    else:
+        _load_full_actor(path, actor)
+    if critic is not None:
+        critic_state = torch.load(path / "critic.pt", weights_only=True, map_location="cpu")
+        if is_sharded(critic):
+            missing, unexpected = load_model_state(critic, critic_state)
+            if missing or unexpected:
+                raise RuntimeError(f"checkpoint {path} does not match the critic (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+        else:
+            load_critic_state(critic, critic_state)
+    saved = torch.load(path / "optimizers.pt", weights_only=False, map_location="cpu")
+    for name, opt in optimizers.items():
+        load_optimizer_state(opt, saved[name])
+    meta = json.loads((path / "state.json").read_text())
+    return CheckpointState(next_iteration=int(meta["next_iteration"]), policy_version=int(meta["policy_version"]))
+
+
+def _load_full_actor(path: Path, actor: nn.Module) -> None:
+    """Load a full-weights checkpoint's ``actor/`` folder into ``actor`` in place."""
     from safetensors.torch import load_file
 
     actor_dir = path / "actor"
@@ -120,15 +148,6 @@ def load_checkpoint(
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are not saved
     if real_missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model (missing {real_missing[:3]}, unexpected {unexpected[:3]}).")
-    if critic is not None:
-        missing, unexpected = load_model_state(critic, torch.load(path / "critic.pt", weights_only=True, map_location="cpu"))
-        if missing or unexpected:
-            raise RuntimeError(f"checkpoint {path} does not match the critic (missing {missing[:3]}, unexpected {unexpected[:3]}).")
-    saved = torch.load(path / "optimizers.pt", weights_only=False, map_location="cpu")
-    for name, opt in optimizers.items():
-        load_optimizer_state(opt, saved[name])
-    meta = json.loads((path / "state.json").read_text())
-    return CheckpointState(next_iteration=int(meta["next_iteration"]), policy_version=int(meta["policy_version"]))
 
 
 def _rewrite_atomically(path: Path, text: str) -> None:

@@ -24,6 +24,7 @@ from steppo_agent.records import SamplingConfig
 from steppo_agent.rollout import EpisodesConfig
 from steppo_envs.config import ConfigError, did_you_mean
 from steppo_envs.config_model import ConfigModel
+from steppo_train.lora import LoraConfig
 
 __all__ = ["ALGOS", "ALGO_DEFAULTS", "CRITIC_LEVELS", "FLAT_ALIASES", "NESTED", "ROLLOUT_DEFAULTS", "Algo", "Level",
            "TrainConfig", "canonical_values", "load_config", "option_names"]
@@ -68,6 +69,10 @@ FLAT_ALIASES: dict[str, str] = {
     "base_urls": "policy.base_urls",
     "max_model_len": "policy.max_model_len",
     "kv_cache_gib": "policy.kv_cache_gib",
+    "lora_rank": "lora.rank",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_target_modules": "lora.target_modules",
 }
 
 
@@ -143,6 +148,9 @@ class TrainConfig(ConfigModel):
     trainable_layers: int | None = Field(None, ge=1, description=(
         "Train only the top N transformer blocks + final norm of the actor and the critic (embeddings and LM head "
         "frozen); None = all weights. Cuts the backward pass and optimizer memory on small machines."))
+    lora: LoraConfig = Field(default_factory=LoraConfig, description=(
+        "LoRA adapters (PEFT) on the actor (and the critic, lora.critic) instead of full fine-tuning: lora.rank > 0 "
+        "freezes the base weights; the rollout engine gets the merged weights; checkpoints keep the adapters."))
     trim_memory: bool = Field(True, description=(
         "Keep RSS flat over a run (glibc): the heap's free pages go back to the OS (malloc_trim) after each phase and "
         "each optimizer step; without it RSS and its peak grow every iteration (see steppo_train/memory.py). "
@@ -200,6 +208,9 @@ class TrainConfig(ConfigModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
         """Checks that involve several fields; each message names the fix."""
+        if self.lora.rank > 0 and self.parallel == "fsdp":
+            raise ConfigError("LoRA (lora.rank > 0) is not sharded yet: use --set parallel=ddp (the adapters and their "
+                              "optimizer state are small; every rank holds the frozen base) or lora.rank=0 with fsdp.")
         if not self.uses_critic and (self.advantage_level or self.ratio_level):
             raise ConfigError(f"advantage_level / ratio_level apply to steppo and ppo only, not {self.algo}: remove them, "
                               "or use --algo steppo (e.g. --set advantage_level=token for StepPO w/o step-GAE).")
@@ -240,7 +251,7 @@ class TrainConfig(ConfigModel):
 NESTED: dict[str, type[BaseModel]] = {
     name: f.annotation for name, f in TrainConfig.model_fields.items()
     if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
-assert set(NESTED) == {"rollout", "sampling", "policy"}, NESTED
+assert set(NESTED) == {"rollout", "sampling", "policy", "lora"}, NESTED
 
 
 def option_names() -> set[str]:

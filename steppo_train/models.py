@@ -3,6 +3,8 @@
 * The **actor** is a Hugging Face causal LM (:func:`load_actor`).
 * The **critic** (:class:`Critic`, :func:`load_critic`) is a separate copy of the same checkpoint's
   base transformer (no LM head) with a scalar value head ``nn.Linear(hidden, 1)``.
+* With ``ModelConfig.lora`` (rank > 0) either is wrapped by PEFT (:mod:`steppo_train.lora`): only the
+  adapters (and the critic's value head) train; the functions below work on the wrapped model as is.
 * :func:`response_logprobs` computes the log-probability of each response token given the prompt
   and the earlier response tokens. It never builds full-vocabulary logits for prompt positions:
   it runs the base transformer, keeps the hidden states of the positions that predict response
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from steppo_envs.config import ConfigError
+from steppo_train.lora import LoraConfig, apply_lora
 
 __all__ = [
     "Critic",
@@ -70,7 +73,12 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     trainable_layers: int | None = None
     """Train only the top N transformer blocks and the final norm (and the critic's value head);
-    embeddings and the LM head stay frozen. ``None`` trains every weight."""
+    embeddings and the LM head stay frozen. ``None`` trains every weight. With LoRA: adapters only
+    in the top N blocks (every base weight frozen)."""
+    lora: LoraConfig | None = None
+    """LoRA adapters (:func:`steppo_train.lora.apply_lora`) when ``lora.rank > 0``: only they train."""
+    seed: int = 0
+    """Seed of the adapters' initialisation (LoRA only)."""
 
 
 def _torch_dtype(dtype: Dtype) -> torch.dtype:
@@ -110,16 +118,19 @@ def freeze_lower_layers(decoder: nn.Module, trainable_layers: int) -> None:
 
 
 def load_actor(config: ModelConfig) -> nn.Module:
-    """Load the actor: ``AutoModelForCausalLM.from_pretrained(config.path, dtype=...)``."""
+    """Load the actor: ``AutoModelForCausalLM.from_pretrained(config.path, dtype=...)``; with ``config.lora``
+    (rank > 0) wrapped by PEFT so that only its adapters train (:func:`steppo_train.lora.apply_lora`)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(config.path, dtype=_torch_dtype(config.dtype))
+    if config.gradient_checkpointing:
+        _enable_checkpointing(model)
+    if config.lora is not None and config.lora.enabled:
+        return apply_lora(model, config.lora, trainable_layers=config.trainable_layers, seed=config.seed)
     if config.trainable_layers is not None:
         for p in model.parameters():
             p.requires_grad_(False)
         freeze_lower_layers(model.get_decoder(), config.trainable_layers)
-    if config.gradient_checkpointing:
-        _enable_checkpointing(model)
     return model
 
 
@@ -146,15 +157,19 @@ class Critic(nn.Module):
 
 
 def load_critic(config: ModelConfig) -> Critic:
-    """Load the critic: ``AutoModel.from_pretrained(config.path)`` (the base transformer) + a value head."""
+    """Load the critic: ``AutoModel.from_pretrained(config.path)`` (the base transformer) + a value head;
+    with ``config.lora`` (rank > 0) the transformer is wrapped by PEFT (adapters train, the head too)."""
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(config.path, dtype=_torch_dtype(config.dtype))
-    if config.trainable_layers is not None:
-        freeze_lower_layers(backbone, config.trainable_layers)
+    hidden_size = int(backbone.config.hidden_size)
     if config.gradient_checkpointing:
         _enable_checkpointing(backbone)
-    return Critic(backbone, int(backbone.config.hidden_size))
+    if config.lora is not None and config.lora.enabled:
+        backbone = apply_lora(backbone, config.lora, trainable_layers=config.trainable_layers, seed=config.seed)
+    elif config.trainable_layers is not None:
+        freeze_lower_layers(backbone, config.trainable_layers)
+    return Critic(backbone, hidden_size)
 
 
 def padded_width(longest: int, pad_multiple: int = 1) -> int:
@@ -295,7 +310,8 @@ def response_token_stats(
     head matmul runs in the model's dtype; softcap, temperature and ``log_softmax`` in fp32.
 
     The model must expose ``get_decoder()`` (the base transformer, final norm included) and
-    ``get_output_embeddings()`` (the LM head), as HF causal LMs do. ``pad_multiple`` rounds the
+    ``get_output_embeddings()`` (the LM head), as HF causal LMs do (a PEFT-wrapped LoRA model forwards
+    both to its base model, whose linear layers carry the adapters). ``pad_multiple`` rounds the
     padded width up (see :func:`padded_width`); padding never changes a sample's results.
     """
     device = _param_device(model)

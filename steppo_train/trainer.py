@@ -40,6 +40,7 @@ from steppo_train.batch import StepBatch, build_step_batch
 from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from steppo_train.config import TrainConfig
 from steppo_train.logging_utils import MetricsLogger, iteration_line, plot_metrics
+from steppo_train.lora import rollout_state_dict
 from steppo_train.memory import PhaseMemory, release_free_memory
 from steppo_train.models import (
     Critic,
@@ -167,11 +168,12 @@ def _models(config: TrainConfig, model_path: str, device: torch.device) -> tuple
     from steppo_agent.default_model import resolve_model
 
     actor = load_actor(ModelConfig(model_path, config.dtype, config.gradient_checkpointing,
-                                   trainable_layers=config.trainable_layers)).to(device)
+                                   trainable_layers=config.trainable_layers, lora=config.lora, seed=config.seed)).to(device)
     critic = None
     if config.uses_critic:
         critic = load_critic(ModelConfig(resolve_model(config.critic_model or config.policy.model), config.dtype,
-                                         config.gradient_checkpointing, trainable_layers=config.trainable_layers))
+                                         config.gradient_checkpointing, trainable_layers=config.trainable_layers,
+                                         lora=config.lora if config.lora.critic else None, seed=config.seed + 1))
         init_value_head(critic, config.seed)
         critic.to(device)
     reference = load_actor(ModelConfig(model_path, config.dtype)).to(device).eval() if config.kl_coef > 0 else None
@@ -236,11 +238,15 @@ def setup(config: TrainConfig, policy: Policy | None = None) -> Run:
 
 
 def _push_weights(run: Run) -> bool:
-    """The actor's full weights into the rollout policy (rank 0 holds it); gathering sharded weights
-    is a collective every rank joins. Returns whether this rank pushed."""
+    """The actor's full weights into the rollout policy (rank 0 holds it): gathered from the shards
+    under fsdp (a collective every rank joins), with LoRA adapters merged into the base weights under
+    their original names. Returns whether this rank pushed."""
     if not run.par.pushes:
         return False
-    weights = full_model_state(run.actor) if run.par.sharded or run.policy is not None else {}
+    if run.par.sharded:
+        weights = full_model_state(run.actor)
+    else:
+        weights = rollout_state_dict(run.actor) if run.policy is not None else {}
     if run.policy is None:
         return False
     push_weights(run.policy, weights, run.config.weights_dir)

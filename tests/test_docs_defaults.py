@@ -32,6 +32,7 @@ from steppo_envs.multihop import MultiHopQAConfig
 from steppo_envs.paper_search.env import PaperSearchConfig
 from steppo_envs.textworld_env.env import TextWorldConfig
 from steppo_train.config import TrainConfig
+from steppo_train.lora import LoraConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -39,7 +40,7 @@ PAGES: dict[str, tuple[Any, ...]] = {
     "environments.md": (ToolEnvConfig, MultiHopQAConfig),
     "textworld.md": (TextWorldConfig, ALFWorldConfig),
     "paper_search.md": (PaperSearchConfig,),
-    "training.md": (TrainConfig, TrainConfig().rollout, SamplingConfig, PolicyConfig),
+    "training.md": (TrainConfig, TrainConfig().rollout, SamplingConfig, PolicyConfig, LoraConfig),
 }
 """Each page and the config classes whose options it documents (each must have a table there). An
 instance stands for a nested config with the defaults its owner gives it (``TrainConfig().rollout``:

@@ -62,7 +62,7 @@ def test_dotted_keys_and_flat_aliases_set_the_same_field() -> None:
     assert (flat.policy.kv_cache_gib, flat.sampling.temperature, flat.policy.max_model_len, flat.sampling.max_tokens) == (
         1.0, 0.7, 1024, 16)
     assert load_config("ppo", overrides={"policy": '{"cpu_linear": "onednn"}'}).policy.cpu_linear == "onednn"
-    assert all(alias.partition(".")[0] in ("rollout", "sampling", "policy") for alias in FLAT_ALIASES.values())
+    assert all(alias.partition(".")[0] in ("rollout", "sampling", "policy", "lora") for alias in FLAT_ALIASES.values())
 
 
 def test_the_rollout_is_one_episodes_config_set_by_dotted_keys_flat_aliases_and_flags() -> None:
