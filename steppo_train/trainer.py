@@ -262,15 +262,15 @@ def collect_phase(run: Run, worker: RolloutWorker | None, iteration: int) -> tup
     return box[0], box[1]
 
 
-def rollout_worker(run: Run) -> RolloutWorker | None:
+def rollout_worker(run: Run) -> contextlib.AbstractContextManager[RolloutWorker | None]:
     """Rank 0's background collector when ``async_rollout`` is on (see :mod:`steppo_train.async_rollout`),
-    else None. It numbers the policy's weight versions like the trainer (pushes so far, checkpoints included)."""
+    else None, as a context (closing it waits for the collection in flight). The policy's weight versions
+    are numbered like the trainer's (pushes so far, checkpoints included)."""
     policy, config = run.policy, run.config
-    if policy is None or run.offline:
-        return None
-    policy.version = run.state.policy_version
-    if not config.async_rollout:
-        return None
+    if policy is not None and not run.offline:
+        policy.version = run.state.policy_version
+    if policy is None or run.offline or not config.async_rollout:
+        return contextlib.nullcontext(None)
     return RolloutWorker(lambda i: collect_batch(config, policy, i, run.out_dir), config.max_staleness, config.iterations)
 
 
@@ -430,10 +430,7 @@ def train(config: TrainConfig, *, policy: Policy | None = None) -> TrainResult:
     (:mod:`steppo_train.async_rollout`); the push waits for the collection in flight.
     """
     run = setup(config, policy)
-    with contextlib.ExitStack() as stack:
-        worker = rollout_worker(run)
-        if worker is not None:
-            stack.enter_context(worker)
+    with rollout_worker(run) as worker:  # async_rollout: rank 0's background collector (else None)
         for iteration in range(run.state.next_iteration, config.iterations):
             t_start = time.perf_counter()
             collected, version = collect_phase(run, worker, iteration)                   # 1. collect

