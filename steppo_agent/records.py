@@ -57,6 +57,9 @@ class Step(BaseModel):
     terminated: bool = False
     truncated: bool = False
     info: dict[str, Any] = Field(default_factory=dict, description="The env's info after this step (minus bulky static keys).")
+    policy_version: int | None = Field(default=None, description=(
+        "The policy's weight version (its `version`) when this step was sampled; None in records written before "
+        "the field existed (or by writers that do not know it). The trainer's staleness is its own version minus this."))
 
 
 class Trajectory(BaseModel):

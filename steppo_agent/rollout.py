@@ -314,6 +314,8 @@ class _Runner:
         if not ready:
             return
         seeds = [derive_seed(sampling.seed, ep.task_seed, ep.sample, len(ep.traj.steps)) for ep in ready]
+        version = getattr(self.policy, "version", None)  # the weights this round samples with
+        version = int(version) if version is not None else None
         t0 = time.perf_counter()
         prompts = [ep.prompt_ids for ep in ready]
         if self.policy.wants_infos:  # e.g. the expert policy reads info["extra"]
@@ -329,9 +331,9 @@ class _Runner:
         self.stats.env_seconds += time.perf_counter() - t1
         self.stats.rounds += 1
         for ep, gen, text, res in zip(ready, gens, texts, results, strict=True):
-            self._record(ep, gen, text, res)
+            self._record(ep, gen, text, res, version)
 
-    def _record(self, ep: _Episode, gen: Generation, text: str, res: EnvResult) -> None:
+    def _record(self, ep: _Episode, gen: Generation, text: str, res: EnvResult, version: int | None) -> None:
         traj = ep.traj
         self.stats.steps, self.stats.response_tokens = self.stats.steps + 1, self.stats.response_tokens + len(gen.token_ids)
         self.stats.prompt_tokens += len(ep.prompt_ids)
@@ -344,7 +346,7 @@ class _Runner:
             response_ids=[int(t) for t in gen.token_ids], response_logprobs=[float(x) for x in gen.logprobs],
             response_text=text, finish_reason=gen.finish_reason, action=info.get("action"),
             valid=bool(info.get("valid", True)), reward=float(res.reward), terminated=bool(res.terminated),
-            truncated=bool(res.truncated), info=_step_info(info, traj),
+            truncated=bool(res.truncated), info=_step_info(info, traj), policy_version=version,
         )
         traj.steps.append(step)
         ep.observation, ep.info = res.observation, info

@@ -116,6 +116,18 @@ class TrainConfig(ConfigModel):
         "once loaded). None = /dev/shm (servers on this machine); servers elsewhere need a folder they can read at "
         "the same path, e.g. on a shared filesystem."))
 
+    async_rollout: bool = Field(False, description=(
+        "Overlap rollout with training: the next iteration's batch is sampled (in a background thread, with the "
+        "weights the rollout policy has when its collection starts) while the trainer updates on the current one. "
+        "Weights are pushed only after the in-flight collection has finished. See max_staleness."))
+    max_staleness: int = Field(1, ge=0, description=(
+        "With async_rollout: how many policy versions a batch may lag behind the weights it updates (the collector "
+        "runs up to this many batches ahead; one collection at a time). 0 = exactly the synchronous loop."))
+    behaviour_weight_cap: float = Field(2.0, gt=0.0, description=(
+        "Stale batches (async_rollout) are trained with decoupled PPO: the clip is centred on the trainer's "
+        "recomputed logprobs and each step (per token for token ratios) is weighted by min(pi_prox / mu, cap), mu "
+        "the recorded rollout logprobs; this is the cap. Fresh rows get weight 1."))
+
     # -- optimisation ------------------------------------------------------------------------------
     iterations: int = Field(10, ge=1, description="Rollout + update iterations.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each batch (K).")

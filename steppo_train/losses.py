@@ -32,9 +32,11 @@ __all__ = [
     "masked_mean",
     "ppo_token_loss",
     "sequence_ratio",
+    "step_behaviour_weights",
     "step_ratio",
     "step_ratio_token_advantage_loss",
     "steppo_policy_loss",
+    "token_behaviour_weights",
     "value_loss",
 ]
 
@@ -110,6 +112,45 @@ def step_ratio(logp_new: Tensor, logp_old: Tensor, action_mask: Tensor) -> Tenso
     return sequence_ratio(logp_new, logp_old, action_mask)
 
 
+def token_behaviour_weights(logp_prox: Tensor, logp_behaviour: Tensor, action_mask: Tensor, cap: float) -> Tensor:
+    """Decoupled PPO's behaviour correction per token, truncated: ``w_ij = min(pi_prox_ij / mu_ij, cap)``.
+
+    Stale rollouts are sampled by a behaviour policy ``mu`` (the rollout engine's weights some
+    versions ago; its logprobs are in the records), while the clip is centred on the *proximal*
+    policy ``pi_prox`` (the trainer's weights at the start of the update: the recomputed "old
+    logprobs"). The decoupled objective (Hilton et al. 2021, "Batch size-invariance for policy
+    optimization"; AReaL) is
+
+    ``L = -E_mu[ w * min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) ]``, ``rho = pi_theta / pi_prox``,
+
+    with ``w_ij = exp(logp_prox_ij - logp_behaviour_ij)`` truncated at ``cap`` (bounded variance; a
+    constant, so no gradient flows through it). Where ``logp_behaviour == logp_prox`` (fresh data)
+    ``w = 1`` exactly. Entries outside ``action_mask`` are 1. The log ratio is clamped to ``[-20, 20]``.
+    Returns ``[rows, tokens]``.
+    """
+    m = _bool_mask(action_mask)
+    log_w = (logp_prox - logp_behaviour).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    w = torch.exp(torch.where(m, log_w, torch.zeros_like(log_w))).clamp(max=cap)
+    return w.detach()
+
+
+def step_behaviour_weights(logp_prox: Tensor, logp_behaviour: Tensor, action_mask: Tensor, cap: float) -> Tensor:
+    """The behaviour correction of a step (or sequence) ratio: the geometric mean of the token ratios,
+    truncated, ``w_i = min(exp(mean_j (logp_prox_ij - logp_behaviour_ij)), cap)`` (see
+    :func:`token_behaviour_weights` for the objective; this is the per-step form that matches
+    :func:`step_ratio`). A row without action tokens gets 1. Returns ``[rows]``.
+    """
+    m = _bool_mask(action_mask)
+    log_w = torch.where(m, logp_prox - logp_behaviour, torch.zeros_like(logp_prox)).sum(-1)
+    log_w = (log_w / m.sum(-1).clamp_min(1).to(log_w.dtype)).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    return torch.exp(log_w).clamp(max=cap).detach()
+
+
+def _weighted(loss: Tensor, weights: Tensor | None) -> Tensor:
+    """``loss * weights`` (the behaviour correction), or ``loss`` itself when there is none."""
+    return loss if weights is None else loss * weights.to(loss.dtype)
+
+
 def _clipped_surrogate(
     ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float
 ) -> tuple[Tensor, Tensor]:
@@ -146,10 +187,12 @@ def _sequence_ratio_loss(
     clip_low: float,
     clip_high: float,
     aggregation: Aggregation,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, PolicyLossStats]:
     m = _bool_mask(action_mask)
     ratio = sequence_ratio(logp_new, logp_old, m)
     row_loss, clip_active = _clipped_surrogate(ratio, advantages.to(ratio.dtype), clip_low, clip_high)
+    row_loss = _weighted(row_loss, weights)
     n_tokens = m.sum(-1)
     valid = n_tokens > 0
     if aggregation == "row_mean":
@@ -172,6 +215,7 @@ def steppo_policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     aggregation: Aggregation = "row_mean",
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, PolicyLossStats]:
     """StepPO's clipped surrogate with one step ratio and one advantage per step row.
 
@@ -191,8 +235,11 @@ def steppo_policy_loss(
         action_mask: ``[rows, tokens]`` true on response tokens.
         clip_low, clip_high: ``eps_low`` / ``eps_high`` of the (asymmetric) clip.
         aggregation: see above.
+        weights: ``[rows]`` behaviour corrections ``w_i`` (:func:`step_behaviour_weights`) for stale
+            rollouts: ``l_i`` becomes ``w_i * l_i``, with ``logp_old`` the proximal policy's logprobs.
+            None = no correction (fresh data: exactly the loss above).
     """
-    return _sequence_ratio_loss(logp_new, logp_old, advantages, action_mask, clip_low, clip_high, aggregation)
+    return _sequence_ratio_loss(logp_new, logp_old, advantages, action_mask, clip_low, clip_high, aggregation, weights)
 
 
 def step_ratio_token_advantage_loss(
@@ -202,6 +249,7 @@ def step_ratio_token_advantage_loss(
     action_mask: Tensor,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, PolicyLossStats]:
     """The step ratio with one advantage per *token* (the paper's "StepPO w/o step-level GAE").
 
@@ -214,11 +262,14 @@ def step_ratio_token_advantage_loss(
     Args:
         logp_new, logp_old, action_mask: ``[rows, tokens]`` as in :func:`steppo_policy_loss`.
         advantages: ``[rows, tokens]``, one per action token (e.g. token GAE).
+        weights: ``[rows]`` behaviour corrections (:func:`step_behaviour_weights`): ``l_ij`` becomes
+            ``w_i * l_ij``; None = no correction.
     """
     m = _bool_mask(action_mask)
     ratio = sequence_ratio(logp_new, logp_old, m)
     token_loss, clip_active = _clipped_surrogate(ratio[:, None].expand_as(logp_new), advantages.to(ratio.dtype),
                                                  clip_low, clip_high)
+    token_loss = _weighted(token_loss, None if weights is None else weights[:, None])
     valid = m.any(-1)
     loss = masked_mean(masked_mean(token_loss, m, dim=-1), valid)
     with torch.no_grad():
@@ -236,15 +287,18 @@ def gspo_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     aggregation: Aggregation = "row_mean",
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, PolicyLossStats]:
     """GSPO: the clipped surrogate with the *sequence* ratio (geometric mean over the sequence's tokens).
 
     Same formula as :func:`steppo_policy_loss`, but a row is a whole sequence: all action tokens of
     a trajectory concatenated (or one single-turn response), with one advantage per sequence. For
     a trajectory of exactly one step the two losses coincide. The GSPO paper uses much smaller
-    clip ranges than token PPO (``3e-4`` / ``4e-4``); pass them explicitly.
+    clip ranges than token PPO (``3e-4`` / ``4e-4``); pass them explicitly. ``weights``: ``[rows]``
+    behaviour corrections per sequence (:func:`step_behaviour_weights` over the sequence), as in
+    :func:`steppo_policy_loss`.
     """
-    return _sequence_ratio_loss(logp_new, logp_old, advantages, action_mask, clip_low, clip_high, aggregation)
+    return _sequence_ratio_loss(logp_new, logp_old, advantages, action_mask, clip_low, clip_high, aggregation, weights)
 
 
 def ppo_token_loss(
@@ -255,17 +309,21 @@ def ppo_token_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     aggregation: Aggregation = "token_mean",
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, PolicyLossStats]:
     """Token-level PPO: ``l_ij = -min(rho_ij * A_ij, clip(rho_ij, 1 - eps_low, 1 + eps_high) * A_ij)``.
 
     ``rho_ij = exp(logp_new_ij - logp_old_ij)`` and ``advantages`` is ``[rows, tokens]`` (one per
     token, e.g. from :func:`steppo_train.advantages.token_gae`). ``"token_mean"`` (default)
     averages over all action tokens of the batch; ``"row_mean"`` averages within each row first.
+    ``weights``: ``[rows, tokens]`` behaviour corrections (:func:`token_behaviour_weights`): ``l_ij``
+    becomes ``w_ij * l_ij``; None = no correction.
     """
     m = _bool_mask(action_mask)
     log_ratio = torch.where(m, logp_new - logp_old, torch.zeros_like(logp_new))
     ratio = torch.exp(log_ratio)
     token_loss, clip_active = _clipped_surrogate(ratio, advantages.to(ratio.dtype), clip_low, clip_high)
+    token_loss = _weighted(token_loss, weights)
     if aggregation == "token_mean":
         loss = masked_mean(token_loss, m)
     elif aggregation == "row_mean":

@@ -116,7 +116,8 @@ def preflight(config: TrainConfig) -> None:
 def rewind(config: TrainConfig, out_dir: Path, start: int, checkpoint: Path | None, policy: Policy | None) -> None:
     """Make ``out_dir`` agree with a run that continues at iteration ``start`` (see
     :func:`~steppo_train.checkpoint.rewind_outputs`) and say what was removed; the interrupted
-    iteration's rollouts are continued only if they were collected with this run's settings."""
+    iteration's rollouts are continued only if they were collected with this run's settings, and never
+    with ``async_rollout`` (``max_staleness > 0``: they were sampled ahead, by older weights)."""
     removed = rewind_outputs(out_dir, start)
     rows = f"{removed} metrics row(s)"
     if checkpoint is not None:
@@ -131,6 +132,10 @@ def rewind(config: TrainConfig, out_dir: Path, start: int, checkpoint: Path | No
     if policy is not None and path.exists() and (difference := _rollout_difference(config, start, path, policy)):
         path.unlink()
         print(f"steppo: {path} was collected with {difference}: collecting iteration {start} again.", file=sys.stderr)
+    elif path.exists() and config.async_rollout and config.max_staleness > 0:
+        path.unlink()  # collected ahead, by weights older than the checkpoint's, which are gone
+        print(f"steppo: {path} was collected ahead of the checkpoint (async_rollout): collecting iteration {start} "
+              "again with the checkpoint's weights.", file=sys.stderr)
 
 
 def _rollout_difference(config: TrainConfig, iteration: int, path: Path, policy: Policy) -> str | None:

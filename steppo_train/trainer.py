@@ -8,7 +8,9 @@ One iteration:
 4. advantages for the chosen algorithm;
 5. K epochs of minibatch updates, micro-batches packed by token budget (each rank its share under
    torchrun: ``parallel`` = ddp or fsdp, :mod:`steppo_train.parallel`);
-6. push the new weights into the rollout policy;
+6. push the new weights into the rollout policy (with ``async_rollout`` the next batch is collected in
+   the background during 2-5, and the push first waits for that collection: see
+   :mod:`steppo_train.async_rollout`);
 7. evaluate, log metrics, plot, checkpoint.
 
 Each phase is a named function below (``collect_phase`` ... ``report_phase``) over a :class:`Run`
@@ -20,6 +22,7 @@ loop. The rollout side (collection, evaluation, pre-flight checks, rewinding on 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +39,13 @@ from steppo_agent.policies.weight_sync import push_weights
 from steppo_agent.records import Trajectory
 from steppo_envs.config import ConfigError
 from steppo_envs.progress import progress_bar
+from steppo_train.async_rollout import (
+    CollectedBatch,
+    RolloutWorker,
+    collect_batch,
+    row_staleness,
+    staleness_metrics,
+)
 from steppo_train.batch import StepBatch, build_step_batch
 from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from steppo_train.config import TrainConfig
@@ -66,9 +76,16 @@ from steppo_train.parallel import (
     wrap_critic,
 )
 from steppo_train.precision import resolve_amp
-from steppo_train.rollout_side import collect, evaluate, offline_batch, preflight, rewind
+from steppo_train.rollout_side import evaluate, offline_batch, preflight, rewind
 from steppo_train.targets import compute_targets
-from steppo_train.update import IterationData, actor_loss, critic_loss, make_units, pack_units
+from steppo_train.update import (
+    IterationData,
+    actor_loss,
+    behaviour_logprobs,
+    critic_loss,
+    make_units,
+    pack_units,
+)
 
 if TYPE_CHECKING:
     from steppo_agent.policies.base import Policy
@@ -254,18 +271,42 @@ def _push_weights(run: Run) -> bool:
 
 
 # -- the phases of one iteration --------------------------------------------------------------------
-def collect_phase(run: Run, iteration: int) -> list[Trajectory]:
-    """1. Episodes for this iteration: the next offline slice, or a rollout on rank 0 broadcast to all ranks."""
+def collect_phase(run: Run, worker: RolloutWorker | None, iteration: int) -> tuple[CollectedBatch, int | None]:
+    """1. Episodes for this iteration: the next offline slice, or a rollout on rank 0 (taken from the
+    background ``worker`` with ``async_rollout``, else collected now) broadcast to all ranks; with the
+    rollout policy's weight version now (None offline), which the update's weights have too."""
     if run.offline:
-        return offline_batch(run.config, run.offline, iteration)
-    box: list[Any] = [None]
+        return CollectedBatch(offline_batch(run.config, run.offline, iteration), 0.0), None
+    box: list[Any] = [None, None]
     if run.rank == 0:
         if run.policy is None:  # setup builds one on rank 0 unless the run trains offline
             raise RuntimeError("no rollout policy on rank 0: setup() builds one unless from_trajectories is set.")
-        box[0] = collect(run.config, run.policy, iteration, run.out_dir)
+        collected = worker.take(iteration) if worker is not None else collect_batch(run.config, run.policy, iteration, run.out_dir)
+        box = [collected, int(run.policy.version)]
     if run.world > 1:
         dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return box[0], box[1]
+
+
+def rollout_worker(run: Run) -> contextlib.AbstractContextManager[RolloutWorker | None]:
+    """Rank 0's background collector when ``async_rollout`` is on (see :mod:`steppo_train.async_rollout`),
+    else None, as a context (closing it waits for the collection in flight). The policy's weight versions
+    are numbered like the trainer's (pushes so far, checkpoints included)."""
+    policy, config = run.policy, run.config
+    if policy is not None and not run.offline:
+        policy.version = run.state.policy_version
+    if policy is None or run.offline or not config.async_rollout:
+        return contextlib.nullcontext(None)
+    return RolloutWorker(lambda i: collect_batch(config, policy, i, run.out_dir), config.max_staleness, config.iterations)
+
+
+def rollout_metrics(collected: CollectedBatch, staleness: list[int] | None) -> dict[str, float]:
+    """The collection's own time, the prefix-cache hit rate when the backend gives one, and the
+    staleness of the batch's steps (``rollout/staleness_max`` / ``_mean``) when versions are known."""
+    metrics = {"time/rollout_collect_s": collected.seconds}
+    if collected.prefix_cache_hit_rate is not None:
+        metrics["rollout/prefix_cache_hit_rate"] = collected.prefix_cache_hit_rate
+    return {**metrics, **staleness_metrics(staleness or [])}
 
 
 def batch_metrics(trajectories: list[Trajectory], batch: StepBatch) -> dict[str, float]:
@@ -428,28 +469,36 @@ def train(config: TrainConfig, *, policy: Policy | None = None) -> TrainResult:
     """Train ``config.algo``: metrics.jsonl, learning_curves.png and checkpoints/ go to ``config.output_dir``.
 
     ``policy`` overrides the rollout policy built from the config (e.g. a policy shared with other code).
+    With ``async_rollout`` the next batches are collected in the background while this one trains
+    (:mod:`steppo_train.async_rollout`); the push waits for the collection in flight.
     """
     run = setup(config, policy)
-    for iteration in range(run.state.next_iteration, config.iterations):
-        t_start = time.perf_counter()
-        trajectories = collect_phase(run, iteration)                                 # 1. collect
-        t_rollout = time.perf_counter() - t_start
-        run.memory.after("rollout")
-        batch = build_step_batch(trajectories)
-        metrics = batch_metrics(trajectories, batch)
-        old_logprobs, ref_logprobs, scored = score_phase(run, batch)                  # 2. old logprobs
-        step_values, token_values, valued = values_phase(run, batch)                  # 3. values
-        run.memory.after("values")
-        targets = compute_targets(config, batch, step_values=step_values, token_values=token_values)  # 4. advantages
-        data = IterationData(batch, old_logprobs, targets, ref_logprobs, make_units(config, batch))
-        if targets.step_advantages is not None:
-            metrics["charts/advantage_abs_mean"] = float(targets.step_advantages.abs().mean())
-        metrics.update({**scored, **valued, **update_phase(run, data, iteration)})   # 5. update
-        t_update = time.perf_counter() - t_start - t_rollout
-        run.memory.after("update")
-        push_phase(run)                                                               # 6. push
-        metrics.update({"time/rollout_s": t_rollout, "time/update_s": t_update,
-                        "perf/update_tokens_per_s": metrics["rollout/response_tokens"] * config.ppo_epochs / max(t_update, 1e-9)})
-        report_phase(run, iteration, metrics, t_start)                                # 7. eval, log, checkpoint
+    with rollout_worker(run) as worker:  # async_rollout: rank 0's background collector (else None)
+        for iteration in range(run.state.next_iteration, config.iterations):
+            t_start = time.perf_counter()
+            collected, version = collect_phase(run, worker, iteration)                   # 1. collect
+            trajectories = collected.trajectories
+            t_rollout = time.perf_counter() - t_start
+            run.memory.after("rollout")
+            batch = build_step_batch(trajectories)
+            metrics = batch_metrics(trajectories, batch)
+            old_logprobs, ref_logprobs, scored = score_phase(run, batch)                  # 2. old logprobs
+            step_values, token_values, valued = values_phase(run, batch)                  # 3. values
+            run.memory.after("values")
+            targets = compute_targets(config, batch, step_values=step_values, token_values=token_values)  # 4. advantages
+            staleness = row_staleness(trajectories, batch.traj_index, batch.step_index, version)  # stale rows: decoupled PPO
+            data = IterationData(batch, old_logprobs, targets, ref_logprobs, make_units(config, batch),
+                                 behaviour_logprobs(old_logprobs, batch.rollout_logprobs, staleness))
+            if targets.step_advantages is not None:
+                metrics["charts/advantage_abs_mean"] = float(targets.step_advantages.abs().mean())
+            metrics.update({**scored, **valued, **update_phase(run, data, iteration)})   # 5. update
+            t_update = time.perf_counter() - t_start - t_rollout
+            run.memory.after("update")
+            t_wait = worker.drain() if worker is not None else 0.0                        # 6. wait for the collection in flight,
+            push_phase(run)                                                               #    then push
+            metrics.update({"time/rollout_s": t_rollout, "time/update_s": t_update, "time/push_wait_s": t_wait,
+                            "perf/update_tokens_per_s": metrics["rollout/response_tokens"] * config.ppo_epochs / max(t_update, 1e-9),
+                            **rollout_metrics(collected, staleness if version is not None else None)})
+            report_phase(run, iteration, metrics, t_start)                                # 7. eval, log, checkpoint
     close(run)
     return TrainResult(run.out_dir, run.actor, run.critic)

@@ -27,7 +27,7 @@ from steppo_train.models import (
 )
 from steppo_train.targets import RowTargets
 
-__all__ = ["IterationData", "actor_loss", "critic_loss", "make_units", "pack_units", "pad_rows", "row_policy_loss"]
+__all__ = ["IterationData", "actor_loss", "behaviour_logprobs", "critic_loss", "make_units", "pack_units", "pad_rows", "row_policy_loss"]
 
 _T = TypeVar("_T")
 
@@ -40,6 +40,25 @@ class IterationData:
     targets: RowTargets
     ref_logprobs: list[Tensor] | None = None
     units: list[list[int]] = field(default_factory=list)
+    behaviour_logprobs: list[Tensor] | None = None
+    """Per row, the logprobs of the policy that sampled it (the records'), for the decoupled-PPO
+    correction of stale rows (:func:`behaviour_logprobs`); None when every row is fresh (no correction:
+    exactly the on-policy loss)."""
+
+
+def behaviour_logprobs(old_logprobs: Sequence[Tensor], rollout_logprobs: Sequence[Sequence[float]],
+                       staleness: Sequence[int]) -> list[Tensor] | None:
+    """The behaviour policy's logprobs of each row: the recorded (rollout) logprobs for a stale row
+    (``staleness > 0``) whose record has one per response token, else the row's proximal
+    (``old_logprobs``) ones, so that its correction ``w = pi_prox / mu`` is exactly 1. None when no row
+    is stale."""
+    if not any(s > 0 for s in staleness):
+        return None
+    out: list[Tensor] = []
+    for old, recorded, stale in zip(old_logprobs, rollout_logprobs, staleness, strict=True):
+        usable = stale > 0 and len(recorded) == old.numel()
+        out.append(torch.tensor(recorded, dtype=old.dtype) if usable else old)
+    return out
 
 
 def make_units(config: TrainConfig, batch: StepBatch) -> list[list[int]]:
@@ -90,7 +109,8 @@ def pad_rows(rows: Sequence[Tensor], width: int | None = None) -> tuple[Tensor, 
 
 
 def row_policy_loss(
-    config: TrainConfig, targets: RowTargets, rows: Sequence[int], lp_new: Tensor, lp_old: Tensor, mask: Tensor
+    config: TrainConfig, targets: RowTargets, rows: Sequence[int], lp_new: Tensor, lp_old: Tensor, mask: Tensor,
+    lp_behaviour: Tensor | None = None,
 ) -> tuple[Tensor, L.PolicyLossStats, bool]:
     """The clipped policy loss of step rows ``rows`` (every algorithm but gspo and sft), and whether it
     is a per-step mean (True: weigh micro-batches by rows) or a per-token mean (False: by tokens).
@@ -100,16 +120,26 @@ def row_policy_loss(
     | step  | one per step  | :func:`~steppo_train.losses.steppo_policy_loss` | steppo |
     | step  | one per token | :func:`~steppo_train.losses.step_ratio_token_advantage_loss` | steppo w/o step-GAE |
     | token | per token (a step's advantage broadcast, or token GAE) | :func:`~steppo_train.losses.ppo_token_loss` | ppo, steppo w/o step-IS, group baselines |
+
+    ``lp_behaviour`` (stale rollouts): the decoupled-PPO correction, per step
+    (:func:`~steppo_train.losses.step_behaviour_weights`) for step ratios, per token
+    (:func:`~steppo_train.losses.token_behaviour_weights`) for token ratios, truncated at
+    ``config.behaviour_weight_cap``; ``lp_old`` is then the proximal policy's logprobs.
     """
-    if config.uses_critic and config.step_ratio and targets.step_advantages is not None:
-        adv = targets.step_advantages[torch.tensor(list(rows))].to(lp_new.device)
-        pg, st = L.steppo_policy_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
+    cap = config.behaviour_weight_cap
+    if config.uses_critic and config.step_ratio:
+        w = None if lp_behaviour is None else L.step_behaviour_weights(lp_old, lp_behaviour, mask, cap)
+        if targets.step_advantages is not None:
+            adv = targets.step_advantages[torch.tensor(list(rows))].to(lp_new.device)
+            pg, st = L.steppo_policy_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high, weights=w)
+            return pg, st, True
+        adv_tok = pad_rows([targets.token_advantages[r] for r in rows], lp_new.shape[1])[0].to(lp_new.device)
+        pg, st = L.step_ratio_token_advantage_loss(lp_new, lp_old, adv_tok, mask, config.clip_low, config.clip_high,
+                                                   weights=w)
         return pg, st, True
     adv_tok = pad_rows([targets.token_advantages[r] for r in rows], lp_new.shape[1])[0].to(lp_new.device)
-    if config.uses_critic and config.step_ratio:
-        pg, st = L.step_ratio_token_advantage_loss(lp_new, lp_old, adv_tok, mask, config.clip_low, config.clip_high)
-        return pg, st, True
-    pg, st = L.ppo_token_loss(lp_new, lp_old, adv_tok, mask, config.clip_low, config.clip_high)
+    w = None if lp_behaviour is None else L.token_behaviour_weights(lp_old, lp_behaviour, mask, cap)
+    pg, st = L.ppo_token_loss(lp_new, lp_old, adv_tok, mask, config.clip_low, config.clip_high, weights=w)
     return pg, st, False
 
 
@@ -141,7 +171,11 @@ def actor_loss(
         lp_old = pad_rows([torch.cat([data.old_logprobs[r] for r in data.units[u]]) for u in unit_ids])[0].to(lp_new.device)
         step_adv = _needed(data.targets.step_advantages, "step advantages")
         adv = torch.stack([step_adv[data.units[u][0]] for u in unit_ids]).to(lp_new.device)
-        pg, st = L.gspo_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high)
+        w = None
+        if data.behaviour_logprobs is not None:
+            mu = pad_rows([torch.cat([data.behaviour_logprobs[r] for r in data.units[u]]) for u in unit_ids])[0]
+            w = L.step_behaviour_weights(lp_old, mu.to(lp_new.device), mask, config.behaviour_weight_cap)
+        pg, st = L.gspo_loss(lp_new, lp_old, adv, mask, config.clip_low, config.clip_high, weights=w)
         weight = unit_weight
     else:
         lp_new, mask = pad_rows(new)
@@ -149,7 +183,10 @@ def actor_loss(
         if config.algo == "sft":
             pg, st, weight = -L.masked_mean(lp_new, mask), None, token_weight
         else:
-            pg, st, per_step = row_policy_loss(config, data.targets, rows, lp_new, lp_old, mask)
+            mu = None
+            if data.behaviour_logprobs is not None:
+                mu = pad_rows([data.behaviour_logprobs[r] for r in rows], lp_new.shape[1])[0].to(lp_new.device)
+            pg, st, per_step = row_policy_loss(config, data.targets, rows, lp_new, lp_old, mask, mu)
             weight = unit_weight if per_step else token_weight
     loss = pg * weight
     logged["losses/policy"] = float(pg.detach()) * weight

@@ -15,8 +15,11 @@ from steppo_train.losses import (
     kl_per_token,
     masked_mean,
     ppo_token_loss,
+    step_behaviour_weights,
     step_ratio,
+    step_ratio_token_advantage_loss,
     steppo_policy_loss,
+    token_behaviour_weights,
     value_loss,
 )
 
@@ -193,3 +196,67 @@ def test_masked_mean_and_empty_mask() -> None:
     loss, stats = steppo_policy_loss(x, x, T([1.0, 1.0]), torch.zeros(2, 2, dtype=torch.bool))
     close(loss, 0.0)
     assert stats.ratio_mean == 1.0
+
+
+# -- decoupled PPO: the behaviour correction w = min(pi_prox / mu, cap) for stale rollouts ------------
+LOG = math.log
+
+
+def test_token_behaviour_weights_are_truncated_ratios_and_one_off_the_mask() -> None:
+    prox = T([[LOG(0.5), LOG(0.2), 0.0]])
+    mu = T([[LOG(0.25), LOG(0.4), -3.0]])
+    mask = T([[True, True, False]])
+    # 0.5 / 0.25 = 2 -> capped at 1.5; 0.2 / 0.4 = 0.5; padding -> 1
+    close(token_behaviour_weights(prox, mu, mask, cap=1.5), [[1.5, 0.5, 1.0]])
+
+
+def test_step_behaviour_weights_are_truncated_geometric_means() -> None:
+    prox = T([[LOG(0.5), LOG(0.2)], [LOG(0.9), LOG(0.9)], [LOG(0.3), 0.0], [0.0, 0.0]])
+    mu = T([[LOG(0.25), LOG(0.4)], [LOG(0.3), LOG(0.3)], [LOG(0.6), 0.0], [-1.0, -1.0]])
+    mask = T([[True, True], [True, True], [True, False], [False, False]])
+    # sqrt(2 * 0.5) = 1; sqrt(3 * 3) = 3 -> cap 2; 0.3 / 0.6 = 0.5; no action tokens -> 1
+    close(step_behaviour_weights(prox, mu, mask, cap=2.0), [1.0, 2.0, 0.5, 1.0])
+
+
+def test_fresh_rows_get_weight_exactly_one_and_the_loss_is_unchanged() -> None:
+    g = torch.Generator().manual_seed(0)
+    new, old = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    mask = T([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]).bool()
+    adv = T([0.5, -1.0, 2.0])
+    w_step = step_behaviour_weights(old, old, mask, cap=2.0)  # mu == pi_prox: on-policy
+    w_tok = token_behaviour_weights(old, old, mask, cap=2.0)
+    assert torch.equal(w_step, torch.ones(3)) and torch.equal(w_tok, torch.ones(3, 4))
+    assert torch.equal(steppo_policy_loss(new, old, adv, mask, weights=w_step)[0], steppo_policy_loss(new, old, adv, mask)[0])
+    adv_tok = adv[:, None].expand(3, 4)
+    assert torch.equal(ppo_token_loss(new, old, adv_tok, mask, weights=w_tok)[0], ppo_token_loss(new, old, adv_tok, mask)[0])
+
+
+def test_decoupled_step_loss_weighs_each_step_by_its_correction() -> None:
+    # pi_theta == pi_prox (ratio 1, no clip): l_i = -A_i; weighted by w = (1.5, 0.5): (-1.5 + 1.0) / 2
+    lp = T([[LOG(0.5), LOG(0.5)], [LOG(0.2), 0.0]])
+    mask = T([[True, True], [True, False]])
+    adv = T([1.0, -2.0])
+    loss, _ = steppo_policy_loss(lp, lp, adv, mask, weights=T([1.5, 0.5]))
+    close(loss, -0.25)
+    close(steppo_policy_loss(lp, lp, adv, mask)[0], 0.5)  # unweighted: (-1 + 2) / 2
+    # token advantages with a step ratio: the step's weight multiplies each of its tokens' losses
+    adv_tok = T([[1.0, 3.0], [-2.0, 0.0]])
+    loss_t, _ = step_ratio_token_advantage_loss(lp, lp, adv_tok, mask, weights=T([1.5, 0.5]))
+    close(loss_t, (1.5 * -2.0 + 0.5 * 2.0) / 2)  # row means -2 and 2, weighted
+
+
+def test_decoupled_token_loss_and_clip_around_the_proximal_policy() -> None:
+    # ratio pi_theta / pi_prox = (1.5, 1, 1); clip 0.2 caps the first at 1.2 for A > 0
+    prox = T([[LOG(0.4), LOG(0.5)], [LOG(0.1), 0.0]])
+    new = T([[LOG(0.6), LOG(0.5)], [LOG(0.1), 0.0]])
+    mask = T([[True, True], [True, False]])
+    adv = T([[1.0, 1.0], [2.0, 0.0]])
+    w = T([[2.0, 0.5], [1.0, 1.0]])
+    loss, st = ppo_token_loss(new, prox, adv, mask, weights=w)
+    close(loss, (-(1.2 * 1.0) * 2.0 - 1.0 * 0.5 - 2.0 * 1.0) / 3)
+    close(st.clip_fraction, 1 / 3)
+    # the gradient of a clipped token is zero whatever its weight; the others get -w * A * ratio
+    new_req = new.clone().requires_grad_(True)
+    ppo_token_loss(new_req, prox, adv, mask, weights=w)[0].backward()
+    assert new_req.grad is not None
+    close(new_req.grad, [[0.0, -0.5 / 3], [-2.0 / 3, 0.0]])

@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from steppo_agent.records import SamplingConfig
 
-__all__ = ["Generation", "Policy"]
+__all__ = ["Generation", "Policy", "prefix_cache_stats"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,20 @@ class Policy(Protocol):
     def close(self) -> None:
         """Release engines, servers, clients."""
         ...
+
+
+def prefix_cache_stats(policy: object) -> tuple[int, int] | None:
+    """``(queries, hits)``: the rollout engine's cumulative prefix-cache counters (in tokens), or None.
+
+    An *optional* capability, outside the :class:`Policy` protocol so that third-party policies need
+    not implement it: a policy that can say defines ``cache_stats() -> tuple[int, int] | None``
+    (:class:`~steppo_agent.policies.vllm_policy.VLLMPolicy` reads ``vllm:prefix_cache_queries`` /
+    ``vllm:prefix_cache_hits`` from the engine, :class:`~steppo_agent.policies.openai_policy.OpenAIPolicy`
+    scrapes the servers' ``/metrics``). A policy without the method, or one whose backend cannot say,
+    gives None. The counters may restart from 0 (an engine rebuilt after a failed weight reload).
+    """
+    method = getattr(policy, "cache_stats", None)
+    if method is None:
+        return None
+    stats = method()
+    return (int(stats[0]), int(stats[1])) if stats is not None else None

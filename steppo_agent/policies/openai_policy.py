@@ -13,6 +13,7 @@ concurrently (``asyncio.gather``) on a background event loop that owns one poole
 * A malformed answer (bad JSON, missing fields, other 4xx such as a too-long prompt) gives a
   ``Generation`` with ``finish_reason="error"`` and no ids, never an exception.
 * Weight push: :meth:`OpenAIPolicy.load_weights_from_path` (vLLM with ``VLLM_SERVER_DEV_MODE=1``).
+* Prefix-cache counters: :meth:`OpenAIPolicy.cache_stats` scrapes each server's ``/metrics``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 from steppo_agent.default_model import resolve_model
 from steppo_agent.policies import error_generation, resolve_seeds
 from steppo_agent.policies.base import Generation
+from steppo_agent.policies.vllm_metrics import parse_prometheus_text, prometheus_prefix_cache
 from steppo_agent.policies.weight_sync import WEIGHT_SYNC_EXTENSION
 from steppo_agent.records import SamplingConfig
 from steppo_envs.config import ConfigError, UserError
@@ -233,6 +235,30 @@ class OpenAIPolicy:
         """Sample one response per prompt, all requests concurrently (see ``Policy.generate``)."""
         per_prompt_seeds = resolve_seeds(len(prompts), sampling, seeds)
         return self._run(self._generate(prompts, sampling, per_prompt_seeds))
+
+    # -- engine statistics --------------------------------------------------------------------------
+
+    async def _scrape(self, root: str) -> tuple[int, int] | None:
+        import httpx
+
+        try:
+            response = await self._client.get(f"{root}/metrics")
+        except httpx.HTTPError:
+            return None
+        return prometheus_prefix_cache(parse_prometheus_text(response.text)) if response.status_code == 200 else None
+
+    def cache_stats(self) -> tuple[int, int] | None:
+        """``(queries, hits)``: the prefix-cache counters (prompt tokens) summed over every server, scraped
+        from each server's Prometheus ``/metrics`` (``vllm:prefix_cache_queries`` / ``vllm:prefix_cache_hits``);
+        None when any server does not expose them (another server kind, or metrics off). One attempt, no
+        retries. See :func:`~steppo_agent.policies.base.prefix_cache_stats`."""
+        async def scrape_all() -> list[tuple[int, int] | None]:
+            return list(await asyncio.gather(*(self._scrape(b.removesuffix("/v1")) for b in self.base_urls)))
+
+        readings = self._run(scrape_all())
+        if any(r is None for r in readings):
+            return None
+        return (sum(r[0] for r in readings if r), sum(r[1] for r in readings if r))
 
     # -- weights ---------------------------------------------------------------------------------
 

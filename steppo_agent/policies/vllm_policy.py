@@ -27,6 +27,7 @@ from typing import Any, Literal
 from steppo_agent.default_model import resolve_model
 from steppo_agent.policies import error_generation, resolve_seeds
 from steppo_agent.policies.base import Generation
+from steppo_agent.policies.vllm_metrics import prometheus_prefix_cache
 from steppo_agent.policies.vllm_settings import (
     cpu_scheduler_settings,
     quiet_vllm_environment,
@@ -115,6 +116,7 @@ class VLLMPolicy:
             "seed": seed,
             "worker_extension_cls": WEIGHT_SYNC_EXTENSION,
             "use_tqdm_on_load": interactive(),
+            "disable_log_stats": False,  # keeps the Prometheus counters that cache_stats reads
         }
         if self.on_cpu:
             self._engine_kwargs.update(cpu_scheduler_settings(max_model_len))
@@ -189,6 +191,19 @@ class VLLMPolicy:
             text=str(self.tokenizer.decode(ids, skip_special_tokens=True)),
             finish_reason=reason,
         )
+
+    def cache_stats(self) -> tuple[int, int] | None:
+        """``(queries, hits)``: the engine's cumulative prefix-cache counters in prompt tokens
+        (``vllm:prefix_cache_queries`` / ``vllm:prefix_cache_hits`` of ``LLM.get_metrics()``), or None when
+        the engine keeps no statistics. They restart from 0 when the engine is rebuilt. See
+        :func:`~steppo_agent.policies.base.prefix_cache_stats`."""
+        if self._llm is None:
+            return None
+        try:
+            metrics = self._llm.get_metrics()
+        except (AssertionError, AttributeError, RuntimeError):  # stat logging off, or an older vLLM
+            return None
+        return prometheus_prefix_cache((m.name, m.value) for m in metrics if hasattr(m, "value"))
 
     # -- weights ---------------------------------------------------------------------------------
 
