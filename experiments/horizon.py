@@ -104,7 +104,7 @@ def warm_start(h: Horizon, work: Path) -> str:
 
 def per_game(path: Path) -> dict[str, float]:
     """Held-out success per game (task seed) of one evaluation file."""
-    return {str(t.task_seed): 1.0 if t.success else 0.0 for t in read_trajectories(path)}
+    return {str(t.seed): 1.0 if t.success else 0.0 for t in read_trajectories(path)}
 
 
 def expert_lengths(work: Path) -> list[int]:
@@ -149,12 +149,17 @@ def run_command(h: Horizon, warm: str, variant: str, seed: int, run: Path) -> li
 def one_run(h: Horizon, warm: str, variant: str, seed: int, work: Path, results: Path) -> None:
     """Train one (variant, seed) unless its results exist; then save its small outputs to ``results``."""
     name = f"{variant}-seed{seed}"
-    dest = results / "runs" / f"{name}.json"
-    if dest.exists():
-        print(f"{name}: done (results in {dest})")
-        return
     run = work / "runs" / name
-    cmd = run_command(h, warm, variant, seed, run)
+    finish_run(run_command(h, warm, variant, seed, run), variant, seed, work, results / "runs" / f"{name}.json")
+
+
+def finish_run(cmd: list[str], variant: str, seed: int, work: Path, dest: Path) -> None:
+    """Run ``cmd`` (a resumable ``steppo train ... --output-dir RUN --resume``) unless ``dest`` exists, then write
+    ``dest``: the command line, wall time, peak memory, metrics and per-game success at every held-out evaluation."""
+    if dest.exists():
+        print(f"{dest.stem}: done (results in {dest})")
+        return
+    run = Path(cmd[cmd.index("--output-dir") + 1])
     wall = _run(cmd, work)  # resumable: --resume continues from the newest checkpoint
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = {int(p.stem.removeprefix("iter_")): per_game(p) for p in sorted((run / "eval").glob("iter_*.jsonl"))}
@@ -166,7 +171,7 @@ def one_run(h: Horizon, warm: str, variant: str, seed: int, work: Path, results:
     tmp = dest.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, sort_keys=True) + "\n")
     tmp.replace(dest)
-    print(f"{name}: wrote {dest}")
+    print(f"{dest.stem}: wrote {dest}")
 
 
 def _children_maxrss_gib() -> float:

@@ -1,7 +1,7 @@
 """The long-horizon section of ``docs/results.md`` and its plot, generated from the committed files of
 ``experiments/horizon.py`` alone (``results/horizon/``): the same files give byte-identical output.
 
-    python experiments/horizon_report.py [--results results/horizon] [--docs docs]
+    python experiments/horizon_report.py [--results results/horizon] [--multihop results/multihop] [--docs docs]
 """
 
 from __future__ import annotations
@@ -73,6 +73,25 @@ def _table(runs: dict[str, dict[int, dict]], seeds: list[int], task: str) -> lis
     return lines
 
 
+def _paper_table(runs: dict[str, dict[int, dict]], warm: dict, multihop: Path) -> list[str]:
+    """The paper's layout: algorithms and ablations as rows, tasks as columns (held-out success / exact match)."""
+    mh_warm = json.loads((multihop / "warm_start.json").read_text()) if (multihop / "warm_start.json").exists() else None
+    mh_runs = load_runs(multihop) if (multihop / "runs").is_dir() else {}
+
+    def cell(per: dict[int, dict]) -> str:
+        vals = [_success(r) for r in per.values()]
+        if not vals:
+            return "-"
+        return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f} ({len(vals)})" if len(vals) > 1 else f"{vals[0]:.3f} (1)"
+
+    mh_cell = f"{mh_warm['success']:.3f}" if mh_warm else "-"
+    lines = ["| | coin_collector L10, success (seeds) | MultiHopQA, exact match (seeds) |", "|---|---|---|",
+             f"| SFT warm start | {warm['success']:.3f} | {mh_cell} |"]
+    for v in ORDER:
+        lines.append(f"| {LABELS[v]} | {cell(runs.get(v, {}))} | {cell(mh_runs.get(v, {}))} |")
+    return lines
+
+
 def _verdict(runs: dict[str, dict[int, dict]]) -> list[str]:
     if "steppo" not in runs:
         return ["No StepPO run has finished yet: no verdict."]
@@ -118,8 +137,44 @@ def _plot(runs: dict[str, dict[int, dict]], warm: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def render(results: Path) -> tuple[str, dict[str, dict[int, dict]]]:
-    """The markdown section (between the markers) from the committed files."""
+def _multihop_section(multihop: Path) -> list[str]:
+    """The exploratory MultiHopQA run (``experiments/multihop.py``), from its committed files."""
+    if not (multihop / "warm_start.json").exists():
+        return ["MultiHopQA: the warm start has not been evaluated yet (`python experiments/multihop.py`)."]
+    exp = json.loads((multihop / "experiment.json").read_text())
+    warm = json.loads((multihop / "warm_start.json").read_text())
+    runs = load_runs(multihop) if (multihop / "runs").is_dir() else {}
+    env = ", ".join(f"{k}={v}" for k, v in exp["env"].items())
+    out = ["### MultiHopQA, one seed (exploratory)", "",
+           f"`steppo/MultiHopQA-v0` ({env}); the oracle (search each supporting title, then answer) scores "
+           f"{warm['oracle_success']:.2f} exact match on its {exp['oracle_episodes']} train-split records in "
+           f"{warm['oracle_steps_mean']:.1f} steps on average. After SFT on them the warm start scores "
+           f"**{warm['success']:.2f}** exact match on {len(warm['games'])} held-out questions (the `eval` split: "
+           f"HotpotQA, MuSiQue and 2Wiki dev). Budget per run: {exp['iterations']} iterations x "
+           f"{exp['tasks_per_iteration']} questions x group {exp['group_size']}.", ""]
+    if warm["success"] < exp["min_warm_em"]:
+        return out + [f"Below {exp['min_warm_em']} exact match the warm start gives RL almost no rewarded episode "
+                      "to reinforce, so no RL run was made.", "", "```", *warm["commands"], "```"]
+    if not runs:
+        return out + ["No RL run has finished yet.", "", "```", *warm["commands"], "```"]
+    lines = ["| run | " + " | ".join(f"iteration {i}" for i in _eval_iterations(runs)) + " | wall time | peak RSS |",
+             "|---|" + "---|" * len(_eval_iterations(runs)) + "---|---|"]
+    for v in ORDER:
+        for r in runs.get(v, {}).values():
+            cells = [f"{sum(g.values()) / len(g):.2f}" if (g := r["eval"].get(str(i))) else "-" for i in _eval_iterations(runs)]
+            lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + f" | {r['wall_s'] / 60:.0f} min | {r['peak_rss_gib']:.1f} GiB |")
+    return out + ["Held-out exact match at each evaluation:", "", *lines, "", *_verdict(runs), "", "```", *warm["commands"],
+                  *[r["command"] for v in ORDER for r in runs.get(v, {}).values()], "```"]
+
+
+def _eval_iterations(runs: dict[str, dict[int, dict]]) -> list[int]:
+    return sorted({int(k) for per in runs.values() for r in per.values() for k in r["eval"]})
+
+
+def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, dict[int, dict]]]:
+    """The markdown section (between the markers) from the committed files (``multihop``: the exploratory
+    MultiHopQA results, default ``results/multihop`` beside ``results``)."""
+    multihop = multihop or results.parent / "multihop"
     exp = json.loads((results / "experiment.json").read_text())
     warm = json.loads((results / "warm_start.json").read_text()) if (results / "warm_start.json").exists() else None
     runs = load_runs(results)
@@ -131,7 +186,8 @@ def render(results: Path) -> tuple[str, dict[str, dict[int, dict]]]:
               f"{exp['iterations']} updates per run, from one SFT warm start")
     out = [BEGIN, "", "## Long horizon, several seeds, with the paper's ablations (issue 14)", ""]
     if warm is None:
-        out += ["The warm start has not been evaluated yet (`python experiments/horizon.py --only-warm-start`).", "", END]
+        out += ["The warm start has not been evaluated yet (`python experiments/horizon.py --only-warm-start`).", "",
+                *_multihop_section(multihop), "", END]
         return "\n".join(out) + "\n", runs
     done = sum(len(v) for v in runs.values())
     out += [f"Task: `steppo/TextWorld-v0` preset `{env['preset']}` level {env['level']}, step limit "
@@ -139,19 +195,21 @@ def render(results: Path) -> tuple[str, dict[str, dict[int, dict]]]:
             f"{warm['expert_steps_min']}-{warm['expert_steps_max']} steps (mean {warm['expert_steps_mean']:.1f}); the "
             f"SFT warm start wins {warm['success']:.2f} of {len(warm['games'])} held-out games. Budget: {budget}. "
             f"Finished runs: {done} of {len(seeds) * len(ORDER)} (seeds {', '.join(map(str, seeds))}).", "",
+            "Held-out results in the paper's layout (mean ± std over the finished seeds, their number in brackets):", "",
+            *_paper_table(runs, warm, multihop), "", "### coin_collector level 10, per seed", "",
             *_table(runs, seeds, task), "", "Paired differences at the last held-out evaluation (pairing by game, seeds pooled):", "",
             *_verdict(runs), ""]
     if runs:
         out += [f"![held-out success over iterations]({PLOT})", ""]
     out += ["Command lines (warm start, then every finished run):", "", "```"]
     out += warm["commands"] + [runs[v][s]["command"] for v in ORDER for s in sorted(runs.get(v, {}))]
-    out += ["```", "", END]
+    out += ["```", "", *_multihop_section(multihop), "", END]
     return "\n".join(out) + "\n", runs
 
 
-def write_report(results: Path, docs: Path) -> None:
+def write_report(results: Path, docs: Path, multihop: Path | None = None) -> None:
     """Replace the section between the markers in ``docs/results.md`` and redraw the plot."""
-    section, runs = render(results)
+    section, runs = render(results, multihop)
     page = docs / "results.md"
     text = page.read_text()
     if BEGIN in text and END in text:
@@ -168,9 +226,10 @@ def write_report(results: Path, docs: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "horizon")
+    ap.add_argument("--multihop", type=Path, default=ROOT / "results" / "multihop")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = ap.parse_args()
-    write_report(args.results, args.docs)
+    write_report(args.results, args.docs, args.multihop)
 
 
 if __name__ == "__main__":

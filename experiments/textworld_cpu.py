@@ -162,7 +162,8 @@ def main() -> None:
     print(json.dumps(table, indent=1))
     if args.no_rl:
         return
-    runs, curves = {}, {}
+    runs: dict[str, Path] = {}
+    curves: dict[str, list[tuple[float, float, float, float]]] = {}
     sft = table["sft"]
     for algo in args.algos or exp.rl_algos:
         run = stage_rl(exp, args.out, warm, algo)
@@ -170,7 +171,7 @@ def main() -> None:
         # the trainer's own greedy evaluations (run/eval/iter_N.jsonl after N iterations)
         held_out = {int(p.stem.removeprefix("iter_")): _summary(p) for p in (run / "eval").glob("iter_*.jsonl")}
         curves[algo] = [(0.0, sft["success"], *sft["ci"])] + [
-            (float(it), e["success"], *e["ci"]) for it, e in sorted(held_out.items())]
+            (float(it), e["success"], *e["ci"]) for it, e in sorted(held_out.items())]  # (x, mean, low, high)
         result = held_out.get(exp.rl_iterations)
         if result is None:  # eval_every does not divide rl_iterations: evaluate the final checkpoint
             final = run / "checkpoints" / f"iter_{exp.rl_iterations - 1:06d}" / "actor"

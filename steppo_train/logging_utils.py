@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 
 def plot_metrics(
-    runs: dict[str, str | Path], out_png: str | Path, keys: Sequence[str] = DEFAULT_PLOT_KEYS, *, title: str = ""
+    runs: Mapping[str, str | Path], out_png: str | Path, keys: Sequence[str] = DEFAULT_PLOT_KEYS, *, title: str = ""
 ) -> Path:
     """Plot ``keys`` against iteration for one or more runs (``{label: metrics.jsonl}``) into a PNG grid."""
     plt = _pyplot()
@@ -114,7 +114,7 @@ def plot_metrics(
 
 
 def plot_interval_curves(
-    curves: dict[str, Sequence[tuple[float, float, float, float]]],
+    curves: Mapping[str, Sequence[tuple[float, float, float, float]]],
     out_png: str | Path,
     *,
     ylabel: str = "held-out success rate",

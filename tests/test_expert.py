@@ -48,3 +48,21 @@ def test_expert_records_win_and_train_sft(tmp_path: Path) -> None:
     rows = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1]
     assert rows[1]["losses/policy"] < rows[0]["losses/policy"]
+
+
+def test_multihop_oracle_records_search_the_support_then_answer(tmp_path: Path) -> None:
+    records = tmp_path / "oracle.jsonl"
+    rc = main([
+        "rollout", "--backend", "expert", "--env", "steppo/MultiHopQA-v0", "--env-arg", 'split="hotpotqa_ircot500"',
+        "--env-arg", "expert=true", "--env-arg", "max_steps=4", "-n", "3", "--seed", "5", "--temperature", "0", "-q",
+        "-o", str(records),
+    ])
+    assert rc == 0
+    trajs = read_trajectories(records)
+    assert len(trajs) == 3
+    for traj in trajs:
+        texts = [s.response_text for s in traj.steps]
+        assert all(t.startswith("Search[") for t in texts[:-1]) and texts[-1].startswith("Answer["), texts
+        assert 2 <= len(texts) <= 3  # HotpotQA questions have two supporting paragraphs (one may come with the first)
+        assert all(s.valid for s in traj.steps) and traj.terminated
+    assert sum(t.success for t in trajs) >= 2

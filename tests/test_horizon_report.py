@@ -49,3 +49,42 @@ def test_committed_results_regenerate_the_page_byte_identically() -> None:
     assert section.rstrip("\n") in page, "docs/results.md is stale: run python experiments/horizon_report.py"
     experiment = json.loads((RESULTS / "experiment.json").read_text())
     assert experiment["env"]["level"] >= 10 and len(experiment["seeds"]) >= 3
+
+
+def _write_runs(folder: Path, runs: dict[str, dict[str, float]], extra: dict | None = None) -> None:
+    (folder / "runs").mkdir(parents=True)
+    for variant, games in runs.items():
+        record = {"variant": variant, "seed": 0, "command": f"steppo train --algo {variant}", "wall_s": 600.0,
+                  "peak_rss_gib": 9.5, **_run(games)}
+        (folder / "runs" / f"{variant}-seed0.json").write_text(json.dumps(record))
+
+
+def test_paper_table_and_multihop_section_come_from_the_files(tmp_path: Path) -> None:
+    report = _report()
+    horizon, multihop = tmp_path / "horizon", tmp_path / "multihop"
+    horizon.mkdir()
+    (horizon / "experiment.json").write_text(json.dumps({
+        "env": {"preset": "coin_collector", "level": 10, "max_steps": 18}, "seeds": [0, 1, 2], "iterations": 12,
+        "tasks_per_iteration": 2, "group_size": 4}))
+    (horizon / "warm_start.json").write_text(json.dumps({
+        "success": 0.4, "games": {"1": 1.0, "2": 0.0}, "expert_steps_min": 10, "expert_steps_max": 10,
+        "expert_steps_mean": 10.0, "commands": ["steppo rollout"]}))
+    _write_runs(horizon, {"steppo": {"1": 1.0, "2": 1.0}, "ppo": {"1": 1.0, "2": 0.0}})
+    section, _ = report.render(horizon, multihop)
+    assert "| StepPO | 1.000 (1) | - |" in section and "| PPO | 0.500 (1) | - |" in section
+    assert "MultiHopQA: the warm start has not been evaluated yet" in section
+    multihop.mkdir()
+    (multihop / "experiment.json").write_text(json.dumps({
+        "env": {"max_steps": 4}, "oracle_episodes": 8, "iterations": 8, "tasks_per_iteration": 2, "group_size": 4,
+        "min_warm_em": 0.02}))
+    warm = {"success": 0.01, "games": {"1": 0.0, "2": 0.0, "3": 0.0}, "oracle_success": 1.0, "oracle_steps_mean": 2.9,
+            "commands": ["steppo rollout --backend expert"]}
+    (multihop / "warm_start.json").write_text(json.dumps(warm))
+    section, _ = report.render(horizon, multihop)
+    assert "| SFT warm start | 0.400 | 0.010 |" in section and "no RL run was made" in section
+    (multihop / "warm_start.json").write_text(json.dumps({**warm, "success": 0.2}))
+    _write_runs(multihop, {"steppo": {"1": 1.0, "2": 0.0, "3": 1.0}, "grpo": {"1": 0.0, "2": 0.0, "3": 1.0}})
+    section, _ = report.render(horizon, multihop)
+    assert "| StepPO | 1.000 (1) | 0.667 (1) |" in section and "| GRPO | - | 0.333 (1) |" in section
+    assert "| StepPO | 0.00 | 0.67 | 10 min | 9.5 GiB |" in section  # per-evaluation exact match
+    assert "| StepPO − GRPO | +0.333 |" in section

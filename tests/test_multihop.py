@@ -314,3 +314,24 @@ def test_arbitrary_strings_never_crash(action: str) -> None:
     if truncated:
         env.reset()
         _FUZZ.steps = 0
+
+
+def test_expert_action_follows_the_oracle_and_answers_on_the_last_step() -> None:
+    env = MultiHopQAEnv(split="hotpotqa_ircot500", expert=True, max_steps=6)
+    solved = 0
+    for i in range(20):
+        _, info = env.reset(options={"task_index": i})
+        ex = env.examples[i]
+        assert info["extra"]["expert_action"] == f"Search[{ex.supporting_titles[0]}]"
+        done = False
+        while not done:
+            action = info["extra"]["expert_action"]
+            _, reward, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+        assert terminated and action == f"Answer[{ex.answers[0]}]" and "expert_action" not in info["extra"]
+        solved += reward == 1.0
+    assert solved >= 19
+    short = MultiHopQAEnv(split="hotpotqa_ircot500", expert=True, max_steps=1)
+    _, info = short.reset(options={"task_index": 0})
+    assert info["extra"]["expert_action"] == f"Answer[{short.examples[0].answers[0]}]"
+    assert "expert_action" not in MultiHopQAEnv(split="hotpotqa_ircot500").reset(options={"task_index": 0})[1]["extra"]

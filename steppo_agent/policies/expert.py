@@ -1,9 +1,10 @@
 """The expert policy: plays the environment's own expert and records ordinary step records.
 
 Text-world environments expose their expert's next command in ``info["extra"]["expert_command"]``
-when made with ``expert=True`` (TextWorld's walkthrough / policy commands, ALFWorld's expert plan).
-This policy answers each step with that command, formatted as the env's compact action (by default
-``Act[command]``), so its records have the same schema and the same prompt renderer as a model's,
+when made with ``expert=True`` (TextWorld's walkthrough / policy commands, ALFWorld's expert plan),
+or the whole action text in ``info["extra"]["expert_action"]`` (MultiHopQA's oracle: ``Search[title]``
+then ``Answer[answer]``). This policy answers each step with that action, a command formatted as the
+env's compact action (by default ``Act[command]``), so its records have the same schema and the same prompt renderer as a model's,
 and ``steppo train --algo sft`` can fine-tune on them (behaviour cloning).
 
 The response token ids are ``tokenizer.encode(text) + [eos]`` — the expert's text was never sampled
@@ -71,11 +72,14 @@ class ExpertPolicy:
         out = []
         for info in infos:
             extra = info.get("extra") or {}
+            if "expert_action" in extra:  # the whole action text, written by the env (e.g. MultiHopQA's oracle)
+                out.append(self._encode(str(extra["expert_action"])))
+                continue
             command = extra.get("expert_command")
             if "expert_command" not in extra:
                 raise ExpertUnavailableError(
                     "the environment gives no info['extra']['expert_command']: make it with expert=True "
-                    "(--env-arg expert=true); only envs with an expert (TextWorld, ALFWorld) support this policy."
+                    "(--env-arg expert=true); only envs with an expert (TextWorld, ALFWorld, MultiHopQA) support this policy."
                 )
             if not command:
                 raise ExpertUnavailableError(
@@ -83,10 +87,12 @@ class ExpertPolicy:
                     "(expert=true is set, but the game has no walkthrough and the planner found no plan for this "
                     "state): use games generated with a walkthrough (steppo games make writes one) or another --backend."
                 )
-            text = self.template.format(command=command)
-            ids = self.tokenizer.encode(text, add_special_tokens=False) + [self._eos]
-            out.append(Generation(ids, [0.0] * len(ids), str(self.tokenizer.decode(ids, skip_special_tokens=True)), "stop"))
+            out.append(self._encode(self.template.format(command=command)))
         return out
+
+    def _encode(self, text: str) -> Generation:
+        ids = self.tokenizer.encode(text, add_special_tokens=False) + [self._eos]
+        return Generation(ids, [0.0] * len(ids), str(self.tokenizer.decode(ids, skip_special_tokens=True)), "stop")
 
     def close(self) -> None:
         pass

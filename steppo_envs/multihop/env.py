@@ -67,6 +67,10 @@ class MultiHopQAConfig(ConfigModel):
         "Subtracted from the reward of an invalid step (non-negative; 0.1 gives -0.1)."))
     max_query_chars: int = Field(300, ge=1, description="Longer queries are cut to this many characters.")
     max_tool_calls: int = Field(1, ge=1, description="Tool calls allowed in one step (each is a search; all results are shown).")
+    expert: bool = Field(False, description=(
+        "Put the oracle's next action in ``info[\"extra\"][\"expert_action\"]`` (for ``--backend expert`` and SFT "
+        "warm starts): ``Search[title]`` for each supporting title not yet retrieved nor searched, in dataset order, "
+        "then ``Answer[gold answer]`` (also on the last step)."))
 
 
 SEARCH_TOOL = ToolSpec(
@@ -251,6 +255,17 @@ class MultiHopQAEnv(gym.Env[str, str]):
         support = self._example.supporting_titles if self._example else ()
         return sum(t in self._retrieved_titles for t in support) / len(support) if support else 0.0
 
+    def expert_action(self) -> str:
+        """The oracle's next action: search the next supporting title that is neither retrieved yet nor already
+        searched for, else (or on the last step) answer with the gold answer."""
+        assert self._example is not None
+        searched = {q for t in self._turns for q in t.queries}
+        if self.config.max_steps - self._step > 1:
+            for title in self._example.supporting_titles:
+                if title not in self._retrieved_titles and title[: self.config.max_query_chars] not in searched:
+                    return f"Search[{title}]"
+        return f"Answer[{self._example.answers[0]}]"
+
     def _info(
         self,
         action: ParsedAction | None,
@@ -263,6 +278,8 @@ class MultiHopQAEnv(gym.Env[str, str]):
     ) -> dict[str, Any]:
         assert self._example is not None
         searches = sum(len(t.queries) for t in self._turns)
+        if self.config.expert and not self._done:
+            extra = {**(extra or {}), "expert_action": self.expert_action()}
         return make_info(
             task_id=self._example.id,
             system_prompt=self.system_prompt,
