@@ -65,7 +65,7 @@ class Horizon:
     rl_pool: int = 1000
     eval_pool: int = 100
     expert_episodes: int = 64
-    sft_iterations: int = 8
+    sft_iterations: int = 3
     sft_episodes: int = 16
     sft_lr: float = 2e-5
     iterations: int = 12
@@ -127,10 +127,18 @@ def eval_warm_start(h: Horizon, warm: str, work: Path, results: Path) -> dict:
     lengths = expert_lengths(work)
     summary = {"command": _cli(cmd), "success": sum(games.values()) / len(games), "games": games,
                "expert_steps_min": min(lengths), "expert_steps_mean": sum(lengths) / len(lengths),
-               "expert_steps_max": max(lengths), "commands": (work / "commands.sh").read_text().splitlines()}
+               "expert_steps_max": max(lengths), "commands": warm_start_commands(work, cmd)}
     results.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
+
+
+def warm_start_commands(work: Path, eval_cmd: list[str]) -> list[str]:
+    """The command lines behind the warm start: the newest expert rollout and SFT in ``commands.sh``, then ``eval_cmd``
+    (earlier tries, e.g. a longer SFT, stay in that log but are not the warm start)."""
+    log = (work / "commands.sh").read_text().splitlines()
+    newest = [next((c for c in reversed(log) if key in c), None) for key in (" rollout --backend expert ", " --algo sft ")]
+    return [c for c in newest if c] + [_cli(eval_cmd)]
 
 
 def run_command(h: Horizon, warm: str, variant: str, seed: int, run: Path) -> list[str]:

@@ -26,7 +26,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from horizon import _cli, finish_run, per_game  # experiments/ is on sys.path when this file runs as a script
+from horizon import (  # experiments/ is on sys.path when this file runs as a script
+    _cli,
+    finish_run,
+    per_game,
+    warm_start_commands,
+)
 from textworld_cpu import STEPPO, _env_args, _run
 
 from steppo_agent.trajectory_io import read_trajectories
@@ -101,7 +106,7 @@ def eval_warm_start(m: MultiHop, warm: str, work: Path, results: Path) -> dict:
     summary = {"command": _cli(cmd), "success": sum(games.values()) / len(games), "games": games,
                "oracle_success": sum(bool(t.success) for t in oracle) / len(oracle),
                "oracle_steps_mean": sum(len(t.steps) for t in oracle) / len(oracle),
-               "commands": (work / "commands.sh").read_text().splitlines()}
+               "commands": warm_start_commands(work, cmd)}
     results.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
