@@ -76,8 +76,8 @@ class Horizon:
     critic_lr: float = 5e-5
     trainable_layers: int | None = 8
     amp: bool | str = "auto"
-    kv_cache_gib: int = 1
-    eval_every: int = 4
+    kv_cache_gib: int = 2
+    eval_every: int = 6
     seeds: tuple[int, ...] = (0, 1, 2)
 
 

@@ -68,7 +68,7 @@ class MultiHop:
     critic_lr: float = 5e-5
     trainable_layers: int | None = 8
     amp: bool | str = "auto"
-    kv_cache_gib: int = 1
+    kv_cache_gib: int = 2
     eval_every: int = 4
     seed: int = 0
 
