@@ -201,3 +201,12 @@ def test_deprecated_env_option_warns_on_the_command_line(tmp_path: Path) -> None
     warned = [line for line in proc.stderr.splitlines() if "DeprecationWarning" in line]
     assert warned, proc.stderr
     assert all("'dataset' is deprecated" in line and "use 'split'" in line for line in warned)
+
+
+def test_a_run_that_fails_before_its_first_episode_leaves_no_empty_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default output goes to ./runs/
+    assert main(["rollout", "--env", TOY, "--backend", "openai", "--base-url", "http://127.0.0.1:9"]) == 2
+    assert "127.0.0.1:9" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.jsonl"))

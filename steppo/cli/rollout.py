@@ -142,11 +142,16 @@ def _run(args: argparse.Namespace, kind: str, sampling: Any, group_size: int, en
     verbose = args.verbose if args.verbose is not None else config.num_episodes == 1
     policy = build_policy(args)
     stats = RolloutStats()
+    existed = output.exists()
     try:
         trajs = run_rollout(
             policy, config, stats=stats,
             on_step=_print_step if verbose else None, on_trajectory=_print_end if verbose else None,
         )
+    except BaseException:
+        if not existed and output.exists() and output.stat().st_size == 0:
+            output.unlink()  # a run that failed before its first episode (e.g. no server answered) leaves no empty file
+        raise
     finally:
         policy.close()
     print(
