@@ -171,6 +171,20 @@ def _eval_iterations(runs: dict[str, dict[int, dict]]) -> list[int]:
     return sorted({int(k) for per in runs.values() for r in per.values() for k in r["eval"]})
 
 
+def _tries(results: Path, exp: dict) -> list[str]:
+    """Earlier warm starts that were evaluated and not used (``warm_start_tries.json``), and why."""
+    path = results / "warm_start_tries.json"
+    if not path.exists():
+        return []
+    lines = []
+    for t in json.loads(path.read_text())["tries"]:
+        lines.append(f"Task choice: a warm start after {t['sft_iterations']} SFT iterations won {t['success']:.2f} of "
+                     f"{len(t['games'])} held-out games ({t['note']}), above the 20-60% band that leaves RL room to "
+                     f"improve, so the warm start used here stops after {exp['sft_iterations']} iterations. That try's "
+                     "commands: `" + "`, `".join(t["commands"]) + "`.")
+    return [*lines, ""]
+
+
 def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, dict[int, dict]]]:
     """The markdown section (between the markers) from the committed files (``multihop``: the exploratory
     MultiHopQA results, default ``results/multihop`` beside ``results``)."""
@@ -195,6 +209,7 @@ def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, 
             f"{warm['expert_steps_min']}-{warm['expert_steps_max']} steps (mean {warm['expert_steps_mean']:.1f}); the "
             f"SFT warm start wins {warm['success']:.2f} of {len(warm['games'])} held-out games. Budget: {budget}. "
             f"Finished runs: {done} of {len(seeds) * len(ORDER)} (seeds {', '.join(map(str, seeds))}).", "",
+            *_tries(results, exp),
             "Held-out results in the paper's layout (mean ± std over the finished seeds, their number in brackets):", "",
             *_paper_table(runs, warm, multihop), "", "### coin_collector level 10, per seed", "",
             *_table(runs, seeds, task), "", "Paired differences at the last held-out evaluation (pairing by game, seeds pooled):", "",
