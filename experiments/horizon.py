@@ -65,7 +65,7 @@ class Horizon:
     rl_pool: int = 1000
     eval_pool: int = 100
     expert_episodes: int = 64
-    sft_iterations: int = 3
+    sft_iterations: int = 5
     sft_episodes: int = 16
     sft_lr: float = 2e-5
     iterations: int = 12
