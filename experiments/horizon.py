@@ -173,6 +173,8 @@ def finish_run(cmd: list[str], variant: str, seed: int, work: Path, dest: Path) 
     evals = {int(p.stem.removeprefix("iter_")): per_game(p) for p in sorted((run / "eval").glob("iter_*.jsonl"))}
     peak = max((r.get("perf/peak_rss_gib", 0.0) for r in metrics), default=0.0)
     record = {"variant": variant, "seed": seed, "command": _cli(cmd), "wall_s": round(wall, 1),
+              # the iterations' own times add up across --resume restarts (wall_s is this process's run only)
+              "iterations_s": round(sum(r.get("time/iteration_s", 0.0) for r in metrics), 1),
               "peak_rss_gib": round(peak, 3), "children_maxrss_gib": round(_children_maxrss_gib(), 3),
               "eval": {str(k): v for k, v in evals.items()}, "metrics": metrics}
     dest.parent.mkdir(parents=True, exist_ok=True)

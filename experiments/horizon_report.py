@@ -59,6 +59,12 @@ def _success(record: dict) -> float:
     return sum(games.values()) / len(games)
 
 
+def _wall(record: dict) -> float:
+    """Seconds one run took: its iterations' times summed when recorded (they add up across --resume
+    restarts), else the wall time of the process that finished it."""
+    return float(max(record.get("iterations_s", 0.0), record["wall_s"]))
+
+
 def _table(runs: dict[str, dict[int, dict]], seeds: list[int], task: str) -> list[str]:
     lines = [f"| run | {task}: mean ± std | " + " | ".join(f"seed {s}" for s in seeds) + " | wall time / run | peak RSS |",
              "|---|---|" + "---|" * len(seeds) + "---|---|"]
@@ -67,7 +73,7 @@ def _table(runs: dict[str, dict[int, dict]], seeds: list[int], task: str) -> lis
         vals = [_success(per[s]) for s in seeds if s in per]
         cells = [f"{_success(per[s]):.2f}" if s in per else "-" for s in seeds]
         mean = f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else (f"{vals[0]:.3f}" if vals else "-")
-        wall = f"{statistics.mean(r['wall_s'] for r in per.values()) / 60:.0f} min" if per else "-"
+        wall = f"{statistics.mean(_wall(r) for r in per.values()) / 60:.0f} min" if per else "-"
         peak = f"{max(r['peak_rss_gib'] for r in per.values()):.1f} GiB" if per else "-"
         lines.append(f"| {LABELS[v]} | {mean} | " + " | ".join(cells) + f" | {wall} | {peak} |")
     return lines
@@ -162,7 +168,7 @@ def _multihop_section(multihop: Path) -> list[str]:
     for v in ORDER:
         for r in runs.get(v, {}).values():
             cells = [f"{sum(g.values()) / len(g):.2f}" if (g := r["eval"].get(str(i))) else "-" for i in _eval_iterations(runs)]
-            lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + f" | {r['wall_s'] / 60:.0f} min | {r['peak_rss_gib']:.1f} GiB |")
+            lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + f" | {_wall(r) / 60:.0f} min | {r['peak_rss_gib']:.1f} GiB |")
     return out + ["Held-out exact match at each evaluation:", "", *lines, "", *_verdict(runs), "", "```", *warm["commands"],
                   *[r["command"] for v in ORDER for r in runs.get(v, {}).values()], "```"]
 
