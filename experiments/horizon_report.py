@@ -163,14 +163,34 @@ def _multihop_section(multihop: Path) -> list[str]:
                       "to reinforce, so no RL run was made.", "", "```", *warm["commands"], "```"]
     if not runs:
         return out + ["No RL run has finished yet.", "", "```", *warm["commands"], "```"]
-    lines = ["| run | " + " | ".join(f"iteration {i}" for i in _eval_iterations(runs)) + " | wall time | peak RSS |",
-             "|---|" + "---|" * len(_eval_iterations(runs)) + "---|---|"]
+    its = _eval_iterations(runs)
+    lines = ["| run | iteration 0 | " + " | ".join(f"iteration {i}" for i in its) + " | wall time | peak RSS |",
+             "|---|---|" + "---|" * len(its) + "---|---|"]
     for v in ORDER:
         for r in runs.get(v, {}).values():
-            cells = [f"{sum(g.values()) / len(g):.2f}" if (g := r["eval"].get(str(i))) else "-" for i in _eval_iterations(runs)]
+            cells = [f"{warm['success']:.2f}"]
+            cells += [f"{sum(g.values()) / len(g):.2f}" if (g := r["eval"].get(str(i))) else "-" for i in its]
             lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + f" | {_wall(r) / 60:.0f} min | {r['peak_rss_gib']:.1f} GiB |")
-    return out + ["Held-out exact match at each evaluation:", "", *lines, "", *_verdict(runs), "", "```", *warm["commands"],
+    out += ["Held-out exact match at each evaluation (iteration 0 = the warm start):", "", *lines, ""]
+    if "sources" in warm:
+        out += ["Exact match by dataset at the last evaluation:", "", *_by_source(runs, warm), ""]
+    return out + [*_verdict(runs), "", "```", *warm["commands"],
                   *[r["command"] for v in ORDER for r in runs.get(v, {}).values()], "```"]
+
+
+def _by_source(runs: dict[str, dict[int, dict]], warm: dict) -> list[str]:
+    """Exact match per dataset (2Wiki, HotpotQA, MuSiQue) of the warm start and of each run's last evaluation."""
+    names = sorted(set(warm["sources"].values()))
+
+    def row(label: str, games: dict[str, float]) -> str:
+        cells = []
+        for name in names:
+            hits = [v for g, v in games.items() if warm["sources"].get(g) == name]
+            cells.append(f"{sum(hits) / len(hits):.2f} ({len(hits)})" if hits else "-")
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines = ["| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names), row("SFT warm start", warm["games"])]
+    return lines + [row(LABELS[v], final_games(r)) for v in ORDER for r in runs.get(v, {}).values()]
 
 
 def _eval_iterations(runs: dict[str, dict[int, dict]]) -> list[int]:

@@ -103,7 +103,8 @@ def eval_warm_start(m: MultiHop, warm: str, work: Path, results: Path) -> dict:
         _run(cmd, work)
     games = per_game(path)
     oracle = list(read_trajectories(work / "oracle.jsonl"))
-    summary = {"command": _cli(cmd), "success": sum(games.values()) / len(games), "games": games,
+    sources = {str(t.seed): str(t.steps[0].info.get("extra", {}).get("source", "?")) for t in read_trajectories(path)}
+    summary = {"command": _cli(cmd), "success": sum(games.values()) / len(games), "games": games, "sources": sources,
                "oracle_success": sum(bool(t.success) for t in oracle) / len(oracle),
                "oracle_steps_mean": sum(len(t.steps) for t in oracle) / len(oracle),
                "commands": warm_start_commands(work, cmd)}

@@ -82,9 +82,10 @@ def test_paper_table_and_multihop_section_come_from_the_files(tmp_path: Path) ->
     (multihop / "warm_start.json").write_text(json.dumps(warm))
     section, _ = report.render(horizon, multihop)
     assert "| SFT warm start | 0.400 | 0.010 |" in section and "no RL run was made" in section
-    (multihop / "warm_start.json").write_text(json.dumps({**warm, "success": 0.2}))
+    (multihop / "warm_start.json").write_text(json.dumps({**warm, "success": 0.2, "sources": {"1": "a", "2": "a", "3": "b"}}))
     _write_runs(multihop, {"steppo": {"1": 1.0, "2": 0.0, "3": 1.0}, "grpo": {"1": 0.0, "2": 0.0, "3": 1.0}})
     section, _ = report.render(horizon, multihop)
     assert "| StepPO | 1.000 (1) | 0.667 (1) |" in section and "| GRPO | - | 0.333 (1) |" in section
-    assert "| StepPO | 0.00 | 0.67 | 10 min | 9.5 GiB |" in section  # per-evaluation exact match
+    assert "| StepPO | 0.20 | 0.00 | 0.67 | 10 min | 9.5 GiB |" in section  # warm start, then each evaluation
     assert "| StepPO − GRPO | +0.333 |" in section
+    assert "| run | a | b |" in section and "| StepPO | 0.50 (2) | 1.00 (1) |" in section  # by dataset
