@@ -110,7 +110,7 @@ def _verdict(runs: dict[str, dict[int, dict]]) -> list[str]:
             continue
         reading = "StepPO wins" if low > 0 else "StepPO loses" if high < 0 else "tie (the interval contains 0)"
         lines.append(f"| StepPO − {LABELS[other]} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {n} | {reading} |")
-    return lines
+    return lines if len(lines) > 2 else ["Only StepPO has finished: nothing to compare it with yet."]
 
 
 def _plot(runs: dict[str, dict[int, dict]], warm: dict, path: Path) -> None:
@@ -164,13 +164,18 @@ def _multihop_section(multihop: Path) -> list[str]:
     if not runs:
         return out + ["No RL run has finished yet.", "", "```", *warm["commands"], "```"]
     its = _eval_iterations(runs)
-    lines = ["| run | iteration 0 | " + " | ".join(f"iteration {i}" for i in its) + " | wall time | peak RSS |",
-             "|---|---|" + "---|" * len(its) + "---|---|"]
+    lines = ["| run | iteration 0 | " + " | ".join(f"iteration {i}" for i in its)
+             + " | questions gained / lost vs the warm start | wall time | peak RSS |",
+             "|---|---|" + "---|" * len(its) + "---|---|---|"]
     for v in ORDER:
         for r in runs.get(v, {}).values():
             cells = [f"{warm['success']:.2f}"]
             cells += [f"{sum(g.values()) / len(g):.2f}" if (g := r["eval"].get(str(i))) else "-" for i in its]
-            lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + f" | {_wall(r) / 60:.0f} min | {r['peak_rss_gib']:.1f} GiB |")
+            last = final_games(r)
+            gained = sum(1 for g, x in last.items() if x > warm["games"].get(g, 0.0))
+            lost = sum(1 for g, x in last.items() if x < warm["games"].get(g, 0.0))
+            lines.append(f"| {LABELS[v]} | " + " | ".join(cells)
+                         + f" | +{gained} / -{lost} | {_wall(r) / 60:.0f} min | {r['peak_rss_gib']:.1f} GiB |")
     out += ["Held-out exact match at each evaluation (iteration 0 = the warm start):", "", *lines, ""]
     if "sources" in warm:
         out += ["Exact match by dataset at the last evaluation:", "", *_by_source(runs, warm), ""]

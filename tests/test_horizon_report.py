@@ -86,6 +86,6 @@ def test_paper_table_and_multihop_section_come_from_the_files(tmp_path: Path) ->
     _write_runs(multihop, {"steppo": {"1": 1.0, "2": 0.0, "3": 1.0}, "grpo": {"1": 0.0, "2": 0.0, "3": 1.0}})
     section, _ = report.render(horizon, multihop)
     assert "| StepPO | 1.000 (1) | 0.667 (1) |" in section and "| GRPO | - | 0.333 (1) |" in section
-    assert "| StepPO | 0.20 | 0.00 | 0.67 | 10 min | 9.5 GiB |" in section  # warm start, then each evaluation
+    assert "| StepPO | 0.20 | 0.00 | 0.67 | +2 / -0 | 10 min | 9.5 GiB |" in section  # warm start, each evaluation
     assert "| StepPO − GRPO | +0.333 |" in section
     assert "| run | a | b |" in section and "| StepPO | 0.50 (2) | 1.00 (1) |" in section  # by dataset
