@@ -93,12 +93,19 @@ def warm_start(h: Horizon, work: Path) -> str:
         _run([*STEPPO, "rollout", "--backend", "expert", "--model", h.model, "--env", "steppo/TextWorld-v0",
               *_env_args(env), "-n", str(h.expert_episodes), "--temperature", "0", "--max-tokens", str(h.max_tokens),
               "-q", "-o", str(records)], work)
-    final = work / "sft" / "checkpoints" / f"iter_{h.sft_iterations - 1:06d}" / "actor"
+    return sft_stage(h.model, records, h.sft_iterations, h.sft_episodes, h.sft_lr, h.amp, 0, work)
+
+
+def sft_stage(model: str, records: Path, iterations: int, episodes: int, lr: float, amp: bool | str, seed: int,
+              work: Path) -> str:
+    """Behaviour cloning on ``records`` into ``work/sft`` unless its last checkpoint exists (resumable iteration
+    by iteration); returns that checkpoint's actor folder."""
+    final = work / "sft" / "checkpoints" / f"iter_{iterations - 1:06d}" / "actor"
     if not final.exists():
-        _run([*STEPPO, "train", "--algo", "sft", "--model", h.model, "--from-trajectories", str(records),
-              "--iterations", str(h.sft_iterations), "--tasks", str(h.sft_episodes), "--group-size", "1",
-              "--output-dir", str(work / "sft"), "--seed", "0", "--resume", "--set", f"actor_lr={h.sft_lr}",
-              "save_every=1", f"amp={json.dumps(h.amp)}"], work)  # resumable iteration by iteration
+        _run([*STEPPO, "train", "--algo", "sft", "--model", model, "--from-trajectories", str(records),
+              "--iterations", str(iterations), "--tasks", str(episodes), "--group-size", "1",
+              "--output-dir", str(work / "sft"), "--seed", str(seed), "--resume", "--set", f"actor_lr={lr}",
+              "save_every=1", f"amp={json.dumps(amp)}"], work)
     return str(final)
 
 
@@ -173,8 +180,6 @@ def finish_run(cmd: list[str], variant: str, seed: int, work: Path, dest: Path) 
     evals = {int(p.stem.removeprefix("iter_")): per_game(p) for p in sorted((run / "eval").glob("iter_*.jsonl"))}
     peak = max((r.get("perf/peak_rss_gib", 0.0) for r in metrics), default=0.0)
     record = {"variant": variant, "seed": seed, "command": _cli(cmd), "wall_s": round(wall, 1),
-              # the iterations' own times add up across --resume restarts (wall_s is this process's run only)
-              "iterations_s": round(sum(r.get("time/iteration_s", 0.0) for r in metrics), 1),
               "peak_rss_gib": round(peak, 3), "children_maxrss_gib": round(_children_maxrss_gib(), 3),
               "eval": {str(k): v for k, v in evals.items()}, "metrics": metrics}
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -60,9 +60,9 @@ def _success(record: dict) -> float:
 
 
 def _wall(record: dict) -> float:
-    """Seconds one run took: its iterations' times summed when recorded (they add up across --resume
-    restarts), else the wall time of the process that finished it."""
-    return float(max(record.get("iterations_s", 0.0), record["wall_s"]))
+    """Seconds one run took: its iterations' times summed (they add up across --resume restarts), or the
+    wall time of the process that finished it when that is longer."""
+    return float(max(sum(r.get("time/iteration_s", 0.0) for r in record["metrics"]), record["wall_s"]))
 
 
 def _table(runs: dict[str, dict[int, dict]], seeds: list[int], task: str) -> list[str]:
@@ -79,10 +79,17 @@ def _table(runs: dict[str, dict[int, dict]], seeds: list[int], task: str) -> lis
     return lines
 
 
-def _paper_table(runs: dict[str, dict[int, dict]], warm: dict, multihop: Path) -> list[str]:
+def _load_multihop(multihop: Path) -> tuple[dict | None, dict | None, dict[str, dict[int, dict]]]:
+    """``experiments/multihop.py``'s committed files: (experiment, warm start, runs); None / {} where absent."""
+    def load(name: str) -> dict | None:
+        return json.loads((multihop / name).read_text()) if (multihop / name).exists() else None
+
+    return load("experiment.json"), load("warm_start.json"), load_runs(multihop) if (multihop / "runs").is_dir() else {}
+
+
+def _paper_table(runs: dict[str, dict[int, dict]], warm: dict, mh_warm: dict | None,
+                 mh_runs: dict[str, dict[int, dict]]) -> list[str]:
     """The paper's layout: algorithms and ablations as rows, tasks as columns (held-out success / exact match)."""
-    mh_warm = json.loads((multihop / "warm_start.json").read_text()) if (multihop / "warm_start.json").exists() else None
-    mh_runs = load_runs(multihop) if (multihop / "runs").is_dir() else {}
 
     def cell(per: dict[int, dict]) -> str:
         vals = [_success(r) for r in per.values()]
@@ -143,13 +150,10 @@ def _plot(runs: dict[str, dict[int, dict]], warm: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _multihop_section(multihop: Path) -> list[str]:
+def _multihop_section(exp: dict | None, warm: dict | None, runs: dict[str, dict[int, dict]]) -> list[str]:
     """The exploratory MultiHopQA run (``experiments/multihop.py``), from its committed files."""
-    if not (multihop / "warm_start.json").exists():
+    if exp is None or warm is None:
         return ["MultiHopQA: the warm start has not been evaluated yet (`python experiments/multihop.py`)."]
-    exp = json.loads((multihop / "experiment.json").read_text())
-    warm = json.loads((multihop / "warm_start.json").read_text())
-    runs = load_runs(multihop) if (multihop / "runs").is_dir() else {}
     env = ", ".join(f"{k}={v}" for k, v in exp["env"].items())
     out = ["### MultiHopQA, one seed (exploratory)", "",
            f"`steppo/MultiHopQA-v0` ({env}); the oracle (search each supporting title, then answer) scores "
@@ -229,7 +233,7 @@ def _tries(results: Path, exp: dict, warm: dict) -> list[str]:
 def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, dict[int, dict]]]:
     """The markdown section (between the markers) from the committed files (``multihop``: the exploratory
     MultiHopQA results, default ``results/multihop`` beside ``results``)."""
-    multihop = multihop or results.parent / "multihop"
+    mh_exp, mh_warm, mh_runs = _load_multihop(multihop or results.parent / "multihop")
     exp = json.loads((results / "experiment.json").read_text())
     warm = json.loads((results / "warm_start.json").read_text()) if (results / "warm_start.json").exists() else None
     runs = load_runs(results)
@@ -242,7 +246,7 @@ def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, 
     out = [BEGIN, "", "## Long horizon, several seeds, with the paper's ablations (issue 14)", ""]
     if warm is None:
         out += ["The warm start has not been evaluated yet (`python experiments/horizon.py --only-warm-start`).", "",
-                *_multihop_section(multihop), "", END]
+                *_multihop_section(mh_exp, mh_warm, mh_runs), "", END]
         return "\n".join(out) + "\n", runs
     done = sum(len(v) for v in runs.values())
     out += [f"Task: `steppo/TextWorld-v0` preset `{env['preset']}` level {env['level']}, step limit "
@@ -252,14 +256,14 @@ def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, 
             f"Finished runs: {done} of {len(seeds) * len(ORDER)} (seeds {', '.join(map(str, seeds))}).", "",
             *_tries(results, exp, warm),
             "Held-out results in the paper's layout (mean ± std over the finished seeds, their number in brackets):", "",
-            *_paper_table(runs, warm, multihop), "", "### coin_collector level 10, per seed", "",
+            *_paper_table(runs, warm, mh_warm, mh_runs), "", "### coin_collector level 10, per seed", "",
             *_table(runs, seeds, task), "", "Paired differences at the last held-out evaluation (pairing by game, seeds pooled):", "",
             *_verdict(runs), ""]
     if runs:
         out += [f"![held-out success over iterations]({PLOT})", ""]
     out += ["Command lines (warm start, then every finished run):", "", "```"]
     out += warm["commands"] + [runs[v][s]["command"] for v in ORDER for s in sorted(runs.get(v, {}))]
-    out += ["```", "", *_multihop_section(multihop), "", END]
+    out += ["```", "", *_multihop_section(mh_exp, mh_warm, mh_runs), "", END]
     return "\n".join(out) + "\n", runs
 
 

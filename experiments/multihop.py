@@ -30,6 +30,7 @@ from horizon import (  # experiments/ is on sys.path when this file runs as a sc
     _cli,
     finish_run,
     per_game,
+    sft_stage,
     warm_start_commands,
 )
 from textworld_cpu import STEPPO, _env_args, _run
@@ -81,13 +82,7 @@ def warm_start(m: MultiHop, work: Path) -> str:
         _run([*STEPPO, "rollout", "--backend", "expert", "--model", m.model, "--env", ENV_ID, *_env_args(env),
               "-n", str(m.oracle_episodes), "--seed", "0", "--temperature", "0", "--max-tokens", str(m.max_tokens),
               "-q", "-o", str(records)], work)
-    final = work / "sft" / "checkpoints" / f"iter_{m.sft_iterations - 1:06d}" / "actor"
-    if not final.exists():
-        _run([*STEPPO, "train", "--algo", "sft", "--model", m.model, "--from-trajectories", str(records),
-              "--iterations", str(m.sft_iterations), "--tasks", str(m.sft_episodes), "--group-size", "1",
-              "--output-dir", str(work / "sft"), "--seed", str(m.seed), "--resume", "--set", f"actor_lr={m.sft_lr}",
-              "save_every=1", f"amp={json.dumps(m.amp)}"], work)
-    return str(final)
+    return sft_stage(m.model, records, m.sft_iterations, m.sft_episodes, m.sft_lr, m.amp, m.seed, work)
 
 
 def eval_warm_start(m: MultiHop, warm: str, work: Path, results: Path) -> dict:

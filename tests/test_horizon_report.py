@@ -55,7 +55,7 @@ def _write_runs(folder: Path, runs: dict[str, dict[str, float]], extra: dict | N
     (folder / "runs").mkdir(parents=True)
     for variant, games in runs.items():
         record = {"variant": variant, "seed": 0, "command": f"steppo train --algo {variant}", "wall_s": 600.0,
-                  "peak_rss_gib": 9.5, **_run(games)}
+                  "peak_rss_gib": 9.5, "metrics": [], **_run(games)}
         (folder / "runs" / f"{variant}-seed0.json").write_text(json.dumps(record))
 
 

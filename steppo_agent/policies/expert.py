@@ -3,9 +3,10 @@
 Text-world environments expose their expert's next command in ``info["extra"]["expert_command"]``
 when made with ``expert=True`` (TextWorld's walkthrough / policy commands, ALFWorld's expert plan),
 or the whole action text in ``info["extra"]["expert_action"]`` (MultiHopQA's oracle: ``Search[title]``
-then ``Answer[answer]``). This policy answers each step with that action, a command formatted as the
-env's compact action (by default ``Act[command]``), so its records have the same schema and the same prompt renderer as a model's,
-and ``steppo train --algo sft`` can fine-tune on them (behaviour cloning).
+then ``Answer[answer]``). This policy answers each step with that action, or with the command
+formatted as the env's compact action (by default ``Act[command]``), so its records have the same
+schema and the same prompt renderer as a model's, and ``steppo train --algo sft`` can fine-tune on
+them (behaviour cloning).
 
 The response token ids are ``tokenizer.encode(text) + [eos]`` — the expert's text was never sampled
 by a model, so encoding it is the definition of its tokens; the logprobs are recorded as ``0.0``
