@@ -72,6 +72,9 @@ def test_paper_table_and_multihop_section_come_from_the_files(tmp_path: Path) ->
     _write_runs(horizon, {"steppo": {"1": 1.0, "2": 1.0}, "ppo": {"1": 1.0, "2": 0.0}})
     section, _ = report.render(horizon, multihop)
     assert "| StepPO | 1.000 (1) | - |" in section and "| PPO | 0.500 (1) | - |" in section
+    # per seed: success, then the games gained / lost against the warm start (game 2 won by StepPO only)
+    assert "| StepPO | 1.000 | 1.00 (+1 / -0) | - | - | 10 min | 9.5 GiB |" in section
+    assert "| PPO | 0.500 | 0.50 (+0 / -0) | - | - | 10 min | 9.5 GiB |" in section
     assert "MultiHopQA: the warm start has not been evaluated yet" in section
     multihop.mkdir()
     (multihop / "experiment.json").write_text(json.dumps({
