@@ -42,6 +42,35 @@ def test_paired_difference_pairs_by_game_and_pools_seeds() -> None:
     assert same == (0.0, 0.0, 0.0, 2)
 
 
+def test_resampling_seeds_widens_the_interval_by_the_seed_to_seed_spread() -> None:
+    report = _report()
+    games = [str(g) for g in range(1, 11)]
+    # seed 0: a wins every game b loses; seed 1: the reverse. Per game the pooled difference is 0.
+    a = {0: _run(dict.fromkeys(games, 1.0)), 1: _run(dict.fromkeys(games, 0.0))}
+    b = {0: _run(dict.fromkeys(games, 0.0)), 1: _run(dict.fromkeys(games, 1.0))}
+    assert report.paired_difference(a, b) == (0.0, 0.0, 0.0, 2)  # games alone: no spread at all
+    # seeds drawn with replacement: (0, 0) -> +1, (1, 1) -> -1, each with probability 1/4
+    mean, low, high, seeds = report.paired_difference(a, b, resample_seeds=True)
+    assert (mean, low, high, seeds) == (0.0, -1.0, 1.0, 2)
+    # one seed: nothing to resample, the same interval as over games
+    one_a, one_b = {0: a[0]}, {0: _run({**dict.fromkeys(games, 1.0), "1": 0.0})}
+    assert report.paired_difference(one_a, one_b, resample_seeds=True)[1:] == report.paired_difference(one_a, one_b)[1:]
+
+
+def test_verdict_qualifies_a_loss_that_the_seed_spread_covers() -> None:
+    report = _report()
+    games = [str(g) for g in range(1, 21)]
+    up, down = _run(dict.fromkeys(games, 1.0)), _run(dict.fromkeys(games, 0.0))
+    # seeds 0 and 1 tie, seed 2 loses every game: -1/3 over games, but seeds drawn as (0, 0, 1) give 0
+    runs = {"steppo": {0: up, 1: up, 2: down}, "ppo": {0: up, 1: up, 2: up}}
+    lines = report._verdict(runs, planned_seeds=3)
+    assert "| StepPO − PPO | -0.333 | [-0.333, -0.333] | [-1.000, +0.000] | 3 | StepPO loses on these games, within the spread between seeds |" in lines
+    runs["steppo"] = {0: down, 1: down, 2: down}  # every seed loses: both intervals exclude 0
+    assert "| StepPO − PPO | -1.000 | [-1.000, -1.000] | [-1.000, -1.000] | 3 | StepPO loses |" in report._verdict(runs, 3)
+    one = report._verdict({"steppo": {0: down}, "ppo": {0: up}}, planned_seeds=3)
+    assert one[2].endswith("| 1 | StepPO loses (provisional: 1 of 3 seeds) |")
+
+
 def test_committed_results_regenerate_the_page_byte_identically() -> None:
     report = _report()
     section, _ = report.render(RESULTS)
