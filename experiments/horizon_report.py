@@ -180,7 +180,7 @@ def _plot(runs: dict[str, dict[int, dict]], warm: dict, path: Path) -> None:
             continue
         y = np.array(curves)
         xs = [0, *its]
-        ax.plot(xs, y.mean(0), label=f"{LABELS[v]} ({len(curves)} seeds)")
+        ax.plot(xs, y.mean(0), marker="o", label=f"{LABELS[v]} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
         ax.fill_between(xs, y.min(0), y.max(0), alpha=0.15)
     ax.set_xlabel("RL iteration (0 = SFT warm start)")
     ax.set_ylabel("held-out success (greedy)")
