@@ -79,10 +79,11 @@ def _wall(record: dict) -> float:
 
 
 def _churn(record: dict, warm_games: dict[str, float]) -> str:
-    """Held-out games the run's last evaluation wins and the warm start lost, and the reverse: ``+gained / -lost``."""
+    """Held-out games (or questions) the run's last evaluation scores above the warm start, and below it:
+    ``+gained / -lost``."""
     games = final_games(record)
-    gained = sum(1 for g, won in games.items() if won and not warm_games.get(g))
-    lost = sum(1 for g, won in games.items() if not won and warm_games.get(g))
+    gained = sum(1 for g, x in games.items() if x > warm_games.get(g, 0.0))
+    lost = sum(1 for g, x in games.items() if x < warm_games.get(g, 0.0))
     return f"+{gained} / -{lost}"
 
 
@@ -217,11 +218,8 @@ def _multihop_section(exp: dict | None, warm: dict | None, runs: dict[str, dict[
         for r in runs.get(v, {}).values():
             cells = [f"{warm['success']:.2f}"]
             cells += [f"{sum(g.values()) / len(g):.2f}" if (g := r["eval"].get(str(i))) else "-" for i in its]
-            last = final_games(r)
-            gained = sum(1 for g, x in last.items() if x > warm["games"].get(g, 0.0))
-            lost = sum(1 for g, x in last.items() if x < warm["games"].get(g, 0.0))
             lines.append(f"| {LABELS[v]} | " + " | ".join(cells)
-                         + f" | +{gained} / -{lost} | {_wall(r) / 60:.0f} min | {r['peak_rss_gib']:.1f} GiB |")
+                         + f" | {_churn(r, warm['games'])} | {_wall(r) / 60:.0f} min | {r['peak_rss_gib']:.1f} GiB |")
     out += ["Held-out exact match at each evaluation (iteration 0 = the warm start):", "", *lines, ""]
     if "sources" in warm:
         out += ["Exact match by dataset at the last evaluation:", "", *_by_source(runs, warm), ""]
