@@ -119,25 +119,53 @@ def expert_lengths(work: Path) -> list[int]:
 
 
 def eval_warm_start(h: Horizon, warm: str, work: Path, results: Path) -> dict:
-    """Stage 3: greedy held-out success of the warm start, saved to ``results/warm_start.json``."""
+    """Stage 3: greedy held-out success of the warm start, saved to ``results/warm_start.json``.
+
+    The warm-start checkpoint lives in ``work`` (not committed), so a fresh machine rebuilds it from the same
+    command lines. Floating point differs between CPUs, so a rebuilt warm start is evaluated again on the same
+    held-out games and compared game by game with the committed one (:func:`note_rebuild`)."""
     out = results / "warm_start.json"
-    if out.exists():
-        return json.loads(out.read_text())
     path = work / "eval" / "sft.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [*STEPPO, "eval", "--model", warm, "--env", "steppo/TextWorld-v0",
            *_env_args({**h.env, "pool": "eval", "pool_size": h.eval_pool, "draw": "cycle"}),
            "-n", str(h.eval_pool), "--seed", "1000000", "--max-tokens", str(h.max_tokens), "-q", "-o", str(path)]
-    if not path.exists():
+    fresh = not path.exists()
+    if fresh:
+        path.parent.mkdir(parents=True, exist_ok=True)
         _run(cmd, work)
+    if out.exists():
+        summary = json.loads(out.read_text())
+        if fresh:
+            note_rebuild(summary, per_game(path), results / "warm_start_rebuilds.json")
+        return summary
     games = per_game(path)
     lengths = expert_lengths(work)
     summary = {"command": _cli(cmd), "success": sum(games.values()) / len(games), "games": games,
                "expert_steps_min": min(lengths), "expert_steps_mean": sum(lengths) / len(lengths),
-               "expert_steps_max": max(lengths), "commands": warm_start_commands(work, cmd)}
+               "expert_steps_max": max(lengths), "commands": warm_start_commands(work, cmd), "machine": machine()}
     results.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
+
+
+def note_rebuild(committed: dict, games: dict[str, float], dest: Path) -> None:
+    """Append to ``dest`` how a rebuilt warm start compares with the committed one: this machine, its held-out
+    success and the games whose outcome differs (an identical entry is not repeated)."""
+    differ = sorted((g for g in committed["games"] if games.get(g) != committed["games"][g]), key=int)
+    entry = {"machine": machine(), "success": sum(games.values()) / len(games), "games_differing": differ}
+    entries = json.loads(dest.read_text()) if dest.exists() else []
+    if entry not in entries:
+        dest.write_text(json.dumps([*entries, entry], indent=1, sort_keys=True) + "\n")
+    print(f"rebuilt warm start: held-out success {entry['success']:.2f} (committed {committed['success']:.2f}); "
+          f"{len(differ)} of {len(committed['games'])} games differ")
+
+
+def machine() -> str:
+    """The CPU (model, vector / bf16 flags, torch's capability) every result file records: floating point,
+    the bf16 decision of ``amp=auto`` and wall times depend on it."""
+    from steppo_train.precision import describe_cpu  # torch: imported only when a stage records its machine
+
+    return describe_cpu()
 
 
 def warm_start_commands(work: Path, eval_cmd: list[str]) -> list[str]:
@@ -180,7 +208,7 @@ def finish_run(cmd: list[str], variant: str, seed: int, work: Path, dest: Path) 
     evals = {int(p.stem.removeprefix("iter_")): per_game(p) for p in sorted((run / "eval").glob("iter_*.jsonl"))}
     peak = max((r.get("perf/peak_rss_gib", 0.0) for r in metrics), default=0.0)
     record = {"variant": variant, "seed": seed, "command": _cli(cmd), "wall_s": round(wall, 1),
-              "peak_rss_gib": round(peak, 3), "children_maxrss_gib": round(_children_maxrss_gib(), 3),
+              "peak_rss_gib": round(peak, 3), "machine": machine(), "children_maxrss_gib": round(_children_maxrss_gib(), 3),
               "eval": {str(k): v for k, v in evals.items()}, "metrics": metrics}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")

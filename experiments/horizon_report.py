@@ -163,6 +163,31 @@ def _verdict(runs: dict[str, dict[int, dict]], planned_seeds: int = 1) -> list[s
     return lines
 
 
+def _machines(results: Path, runs: dict[str, dict[int, dict]], warm: dict) -> list[str]:
+    """Which CPU the warm start and each run ran on, and how each rebuilt warm start compares, game by game,
+    with the committed one (``results/warm_start_rebuilds.json``, written by ``experiments/horizon.py``)."""
+    where: dict[str, list[str]] = {}
+    for v in ORDER:
+        for s in sorted(runs.get(v, {})):
+            where.setdefault(runs[v][s].get("machine", "not recorded"), []).append(f"{LABELS[v]} seed {s}")
+    path = results / "warm_start_rebuilds.json"
+    rebuilds = json.loads(path.read_text()) if path.exists() else []
+    rows = [(warm.get("machine", "not recorded"), f"{warm['success']:.2f} (the committed one)", "-")]
+    rows += [(r["machine"], f"{r['success']:.2f} (rebuilt)", str(len(r["games_differing"]))) for r in rebuilds]
+    rows += [(m, "-", "-") for m in where if m not in {r[0] for r in rows}]
+    lines = ["Floating point, the bf16 decision of `amp=auto` and wall times depend on the CPU, so every result file "
+             "records the CPU it ran on, and wall times above are means over the CPUs that ran the variant. The "
+             "warm-start checkpoint is not committed (0.5 GB): a fresh machine rebuilds it from the command lines "
+             "below and evaluates it again on the same held-out games before it trains.", "",
+             "| CPU | warm start: held-out success | games whose outcome differs from the committed warm start | runs |",
+             "|---|---|---|---|"]
+    shown: set[str] = set()
+    for cpu, success, differ in rows:
+        lines.append(f"| {cpu} | {success} | {differ} | {', '.join(where.get(cpu, [])) if cpu not in shown else ''} |")
+        shown.add(cpu)
+    return lines
+
+
 def _plot(runs: dict[str, dict[int, dict]], warm: dict, path: Path) -> None:
     import matplotlib
 
@@ -301,7 +326,7 @@ def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, 
             "that the warm start lost and those it loses that the warm start won: how far the policy moved, "
             "which the net success hides.", "",
             *_table(runs, seeds, task, warm["games"]), "", "Paired differences at the last held-out evaluation (pairing by game, seeds pooled):", "",
-            *_verdict(runs, len(seeds)), ""]
+            *_verdict(runs, len(seeds)), "", *_machines(results, runs, warm), ""]
     if runs:
         out += [f"![held-out success over iterations]({PLOT})", ""]
     out += ["Command lines (warm start, then every finished run):", "", "```"]

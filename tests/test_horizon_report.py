@@ -121,3 +121,36 @@ def test_paper_table_and_multihop_section_come_from_the_files(tmp_path: Path) ->
     assert "| StepPO | 0.20 | 0.00 | 0.67 | +2 / -0 | 10 min | 9.5 GiB |" in section  # warm start, each evaluation
     assert "| StepPO − GRPO | +0.333 |" in section
     assert "| run | a | b |" in section and "| StepPO | 0.50 (2) | 1.00 (1) |" in section  # by dataset
+
+
+def test_machines_table_names_each_cpu_its_runs_and_how_a_rebuilt_warm_start_differs(tmp_path: Path) -> None:
+    report = _report()
+    intel, amd = "Intel Xeon; flags: avx2 amx_bf16", "AMD EPYC; flags: avx2 avx512_bf16"
+    runs = {"steppo": {0: {"machine": intel}, 1: {"machine": amd}}, "ppo": {0: {"machine": intel}, 1: {}}}
+    warm = {"success": 0.27, "machine": intel}
+    (tmp_path / "warm_start_rebuilds.json").write_text(json.dumps(
+        [{"machine": amd, "success": 0.25, "games_differing": ["3", "17", "40"]}]))
+    lines = report._machines(tmp_path, runs, warm)
+    assert f"| {intel} | 0.27 (the committed one) | - | StepPO seed 0, PPO seed 0 |" in lines
+    assert f"| {amd} | 0.25 (rebuilt) | 3 | StepPO seed 1 |" in lines
+    assert "| not recorded | - | - | PPO seed 1 |" in lines  # a run file without a machine is listed, not dropped
+    (tmp_path / "warm_start_rebuilds.json").unlink()
+    assert f"| {amd} | - | - | StepPO seed 1 |" in report._machines(tmp_path, runs, warm)
+
+
+def test_a_rebuilt_warm_start_is_compared_game_by_game_and_noted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location("horizon", ROOT / "experiments" / "horizon.py")
+    assert spec is not None and spec.loader is not None
+    horizon = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "horizon", horizon)  # dataclasses look their module up there
+    spec.loader.exec_module(horizon)
+    monkeypatch.setattr(horizon, "machine", lambda: "AMD EPYC; flags: avx2")
+    committed = {"success": 2 / 3, "games": {"1": 1.0, "2": 0.0, "10": 1.0}}
+    dest = tmp_path / "warm_start_rebuilds.json"
+    horizon.note_rebuild(committed, {"1": 1.0, "2": 1.0, "10": 0.0}, dest)
+    horizon.note_rebuild(committed, {"1": 1.0, "2": 1.0, "10": 0.0}, dest)  # the same rebuild again: not repeated
+    entries = json.loads(dest.read_text())
+    assert entries == [{"machine": "AMD EPYC; flags: avx2", "success": 2 / 3, "games_differing": ["2", "10"]}]
+    horizon.note_rebuild(committed, dict(committed["games"]), dest)  # an identical rebuild is noted too
+    assert json.loads(dest.read_text())[1]["games_differing"] == []
