@@ -6,6 +6,8 @@ Stages (each skipped when its output exists, so the script resumes run by run af
 1. ``expert`` - expert step records on the train pool (every won episode takes >= 10 steps);
 2. ``sft``    - behaviour cloning on them: the one warm start every run starts from;
 3. ``eval0``  - greedy held-out success of the warm start (the task is chosen so that it is 20-60%);
+                On a fresh machine (the warm start is not committed) stages 1-3 run again and the rebuilt warm
+                start is compared game by game with the committed one (``results/horizon/warm_start_rebuilds.json``);
 4. ``runs``   - for each seed, each variant (StepPO, PPO, GRPO, GiGPO, StepPO w/o step-GAE,
                 StepPO w/o step-IS): ``steppo train`` from the warm start, the same episodes per
                 iteration, iterations and optimizer steps; held-out evaluation every ``eval_every``.
