@@ -14,7 +14,7 @@ import torch
 from steppo_envs.config import ConfigError
 from steppo_train.batch import StepBatch
 from steppo_train.config import load_config
-from steppo_train.losses import step_ratio_token_advantage_loss, steppo_policy_loss
+from steppo_train.losses import ppo_token_loss, step_ratio_token_advantage_loss, steppo_policy_loss
 from steppo_train.targets import compute_targets
 from steppo_train.update import row_policy_loss
 
@@ -120,6 +120,31 @@ def test_row_policy_loss_for_each_combination(algo: str, levels: dict[str, str],
     loss, _, got_per_step = row_policy_loss(config, targets, [0, 1], LP_NEW, LP_OLD, ROW_MASK)
     close(loss, expected)
     assert got_per_step is per_step
+
+
+@pytest.mark.parametrize(
+    ("lengths", "steppo_grad", "token_grad"),
+    [
+        # equal lengths (2, 2): both give every token -A_i / 4 (StepPO: 1/2 steps x 1/2 tokens; token mean: 1/4 tokens)
+        ((2, 2), [[-0.25, -0.25], [0.5, 0.5]], [[-0.25, -0.25], [0.5, 0.5]]),
+        # lengths (2, 1): StepPO gives step i's tokens -A_i / (2 n_i), the token mean -A_i / 3
+        ((2, 1), [[-0.25, -0.25], [1.0, 0.0]], [[-1 / 3, -1 / 3], [2 / 3, 0.0]]),
+    ],
+)
+def test_step_and_token_ratio_differ_at_ratio_one_only_by_step_length(
+    lengths: tuple[int, int], steppo_grad: list[list[float]], token_grad: list[list[float]]
+) -> None:
+    """At ratio 1 (the first minibatch of an update) and without clipping, StepPO and "w/o step-IS"
+    differ only in how they weigh a step's tokens: 1 / (steps x n_i) against 1 / (all tokens)."""
+    step_adv = T([1.0, -2.0])
+    mask = T([[True, True], [True, lengths[1] == 2]])
+    lp = torch.full((2, 2), -1.0, requires_grad=True)
+    a, _ = steppo_policy_loss(lp, lp.detach(), step_adv, mask)
+    (grad_step,) = torch.autograd.grad(a, lp)
+    b, _ = ppo_token_loss(lp, lp.detach(), step_adv[:, None].expand(2, 2), mask)
+    (grad_token,) = torch.autograd.grad(b, lp)
+    close(grad_step, steppo_grad)
+    close(grad_token, token_grad)
 
 
 def test_levels_are_only_for_critic_algorithms() -> None:
