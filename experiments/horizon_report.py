@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ def final_games(record: dict) -> dict[str, float]:
 
 
 def paired_difference(a: dict[int, dict], b: dict[int, dict], samples: int = 10_000, seed: int = 0,
-                      resample_seeds: bool = False) -> tuple[float, float, float, int]:
+                      resample_seeds: bool = False, start: Callable[[dict], dict[str, float]] | None = None,
+                      ) -> tuple[float, float, float, int]:
     """Mean difference of held-out success ``a - b`` and its 95% paired bootstrap interval.
 
     Pairing is by game: for each held-out game ``g``, ``d_g = mean_s success_a(g, s) - mean_s
@@ -48,12 +50,19 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], samples: int = 10_
     ``a`` stays paired with seed ``s`` of ``b``: same warm start, same first rollouts):
     ``mean_j mean_k D[s_j, g_k]`` with ``D[s, g] = success_a(g, s) - success_b(g, s)``, so the interval
     also covers the spread between training seeds, which resampling games alone does not.
+
+    With ``start`` (a run -> the per-game outcome of the warm start it began from) each run's change is
+    compared instead: ``D[s, g] = (success_a(g, s) - start_a(g)) - (success_b(g, s) - start_b(g))``. It
+    equals the plain difference when both runs of a seed began from the same warm start, and removes
+    the warm starts' difference when they ran on CPUs whose rebuilt warm starts differ.
     """
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return float("nan"), float("nan"), float("nan"), 0
     games = sorted(set.intersection(*(set(final_games(a[s])) & set(final_games(b[s])) for s in seeds)), key=int)
     diff = np.array([[final_games(a[s])[g] - final_games(b[s])[g] for g in games] for s in seeds])  # seeds x games
+    if start is not None:
+        diff -= np.array([[start(a[s])[g] - start(b[s])[g] for g in games] for s in seeds])
     d = diff.mean(axis=0)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(d), size=(samples, len(d)))
@@ -67,9 +76,12 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], samples: int = 10_
     return float(d.mean()), float(low), float(high), len(seeds)
 
 
-def _success(record: dict) -> float:
-    games = final_games(record)
+def _mean(games: dict[str, float]) -> float:
     return sum(games.values()) / len(games)
+
+
+def _success(record: dict) -> float:
+    return _mean(final_games(record))
 
 
 def _wall(record: dict) -> float:
@@ -87,13 +99,35 @@ def _churn(record: dict, warm_games: dict[str, float]) -> str:
     return f"+{gained} / -{lost}"
 
 
-def _table(runs: dict[str, dict[int, dict]], seeds: list[int], task: str, warm_games: dict[str, float]) -> list[str]:
+def load_rebuilds(results: Path) -> list[dict]:
+    """How each rebuilt warm start compared with the committed one (``results/warm_start_rebuilds.json``):
+    ``{"machine", "success", "games_differing"}`` per CPU, oldest first; [] when none was rebuilt."""
+    path = results / "warm_start_rebuilds.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def start_games(warm: dict, rebuilds: list[dict], machine: str | None) -> dict[str, float]:
+    """Held-out outcome per game of the warm start a run on ``machine`` started from.
+
+    The committed warm start's games, with the outcome of every game in ``games_differing`` flipped
+    (``1 - x``) when the newest rebuild recorded for that CPU differs; a CPU without a recorded rebuild
+    (or the committed warm start's own CPU) gets the committed outcomes unchanged."""
+    games = dict(warm["games"])
+    entry = next((r for r in reversed(rebuilds) if r["machine"] == machine), None)
+    if entry is not None and machine != warm.get("machine"):
+        for g in entry["games_differing"]:
+            games[g] = 1.0 - games[g]
+    return games
+
+
+def _table(runs: dict[str, dict[int, dict]], seeds: list[int], task: str,
+           start: Callable[[dict], dict[str, float]]) -> list[str]:
     lines = [f"| run | {task}: mean ± std | " + " | ".join(f"seed {s}" for s in seeds) + " | wall time / run | peak RSS |",
              "|---|---|" + "---|" * len(seeds) + "---|---|"]
     for v in ORDER:
         per = runs.get(v, {})
         vals = [_success(per[s]) for s in seeds if s in per]
-        cells = [f"{_success(per[s]):.2f} ({_churn(per[s], warm_games)})" if s in per else "-" for s in seeds]
+        cells = [f"{_success(per[s]):.2f} ({_churn(per[s], start(per[s]))})" if s in per else "-" for s in seeds]
         mean = f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else (f"{vals[0]:.3f}" if vals else "-")
         wall = f"{statistics.mean(_wall(r) for r in per.values()) / 60:.0f} min" if per else "-"
         peak = f"{max(r['peak_rss_gib'] for r in per.values()):.1f} GiB" if per else "-"
@@ -127,16 +161,19 @@ def _paper_table(runs: dict[str, dict[int, dict]], warm: dict, mh_warm: dict | N
     return lines
 
 
-def _verdict(runs: dict[str, dict[int, dict]], planned_seeds: int = 1) -> list[str]:
+def _verdict(runs: dict[str, dict[int, dict]], planned_seeds: int = 1,
+             start: Callable[[dict], dict[str, float]] | None = None) -> list[str]:
     """StepPO minus each other variant: mean, the paired bootstrap interval over games (seeds pooled) and,
-    with several seeds, the interval that resamples the seeds too; a reading, marked provisional while
-    fewer than ``planned_seeds`` seeds of the pair have finished."""
+    with several seeds, the interval that resamples the seeds too; with ``start``, the same difference of
+    each run's change from its own warm start; a reading, marked provisional while fewer than
+    ``planned_seeds`` seeds of the pair have finished."""
     if "steppo" not in runs:
         return ["No StepPO run has finished yet: no verdict."]
     several = planned_seeds > 1
     lines = ["| difference | mean | 95% paired bootstrap interval (games) |"
-             + (" 95% interval, seeds resampled too |" if several else "") + " seeds | reading |",
-             "|---|---|---|" + ("---|" if several else "") + "---|---|"]
+             + (" 95% interval, seeds resampled too |" if several else "")
+             + (" change from each run's own warm start: mean [games interval] |" if start else "") + " seeds | reading |",
+             "|---|---|---|" + ("---|" if several else "") + ("---|" if start else "") + "---|---|"]
     for other in ORDER[1:]:
         if other not in runs:
             continue
@@ -152,6 +189,9 @@ def _verdict(runs: dict[str, dict[int, dict]], planned_seeds: int = 1) -> list[s
                 reading += " on these games, within the spread between seeds"
             if n < planned_seeds:
                 reading += f" (provisional: {n} of {planned_seeds} seeds)"
+        if start:
+            c_mean, c_low, c_high, _ = paired_difference(runs["steppo"], runs[other], start=start)
+            both += f" {c_mean:+.3f} [{c_low:+.3f}, {c_high:+.3f}] |"
         lines.append(f"| StepPO − {LABELS[other]} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |{both} {n} | {reading} |")
     if len(lines) == 2:
         return ["Only StepPO has finished: nothing to compare it with yet."]
@@ -160,6 +200,11 @@ def _verdict(runs: dict[str, dict[int, dict]], planned_seeds: int = 1) -> list[s
                   "Runs from the same warm start can still differ widely from seed to seed, which only the second interval "
                   "covers (with one seed it equals the first; with three it is coarse). A win or loss is read without "
                   "qualification only when both intervals exclude 0."]
+    if start:
+        lines += ["", "Two runs of one seed begin from the same warm start only when they ran on CPUs of one kind (the "
+                  "rebuilt warm starts differ by CPU, table below). The change column compares how far each run moved from "
+                  "its own warm start; where it agrees with the plain difference, the warm starts' difference does not "
+                  "drive the result."]
     return lines
 
 
@@ -170,8 +215,7 @@ def _machines(results: Path, runs: dict[str, dict[int, dict]], warm: dict) -> li
     for v in ORDER:
         for s in sorted(runs.get(v, {})):
             where.setdefault(runs[v][s].get("machine", "not recorded"), []).append(f"{LABELS[v]} seed {s}")
-    path = results / "warm_start_rebuilds.json"
-    rebuilds = json.loads(path.read_text()) if path.exists() else []
+    rebuilds = load_rebuilds(results)
     rows = [(warm.get("machine", "not recorded"), f"{warm['success']:.2f} (the committed one)", "-")]
     rows += [(r["machine"], f"{r['success']:.2f} (rebuilt)", str(len(r["games_differing"]))) for r in rebuilds]
     rows += [(m, "-", "-") for m in where if m not in {r[0] for r in rows}]
@@ -188,7 +232,7 @@ def _machines(results: Path, runs: dict[str, dict[int, dict]], warm: dict) -> li
     return lines
 
 
-def _plot(runs: dict[str, dict[int, dict]], warm: dict, path: Path) -> None:
+def _plot(runs: dict[str, dict[int, dict]], start: Callable[[dict], dict[str, float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +244,7 @@ def _plot(runs: dict[str, dict[int, dict]], warm: dict, path: Path) -> None:
         if not per:
             continue
         its = sorted({int(k) for r in per.values() for k in r["eval"]})
-        curves = [[warm["success"]] + [sum(r["eval"][str(i)].values()) / len(r["eval"][str(i)]) for i in its]
+        curves: list[list[float]] = [[_mean(start(r))] + [sum(r["eval"][str(i)].values()) / len(r["eval"][str(i)]) for i in its]
                   for r in per.values() if all(str(i) in r["eval"] for i in its)]
         if not curves:
             continue
@@ -208,7 +252,7 @@ def _plot(runs: dict[str, dict[int, dict]], warm: dict, path: Path) -> None:
         xs = [0, *its]
         ax.plot(xs, y.mean(0), marker="o", label=f"{LABELS[v]} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
         ax.fill_between(xs, y.min(0), y.max(0), alpha=0.15)
-    ax.set_xlabel("RL iteration (0 = SFT warm start)")
+    ax.set_xlabel("RL iteration (0 = the SFT warm start, as rebuilt on the run's CPU)")
     ax.set_ylabel("held-out success (greedy)")
     ax.set_title("coin_collector level 10: mean over seeds, band = min..max across seeds")
     ax.legend(fontsize=8)
@@ -323,16 +367,22 @@ def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, 
             "Held-out results in the paper's layout (mean ± std over the finished seeds, their number in brackets):", "",
             *_paper_table(runs, warm, mh_warm, mh_runs), "", "### coin_collector level 10, per seed", "",
             "Each seed's cell: held-out success at the last evaluation, then (in brackets) the held-out games it wins "
-            "that the warm start lost and those it loses that the warm start won: how far the policy moved, "
-            "which the net success hides.", "",
-            *_table(runs, seeds, task, warm["games"]), "", "Paired differences at the last held-out evaluation (pairing by game, seeds pooled):", "",
-            *_verdict(runs, len(seeds)), "", *_machines(results, runs, warm), ""]
+            "that its warm start lost and those it loses that its warm start won: how far the policy moved, "
+            "which the net success hides. A run's warm start is the one rebuilt on its CPU (table below).", "",
+            *_table(runs, seeds, task, starts(results, warm)), "", "Paired differences at the last held-out evaluation (pairing by game, seeds pooled):", "",
+            *_verdict(runs, len(seeds), starts(results, warm)), "", *_machines(results, runs, warm), ""]
     if runs:
         out += [f"![held-out success over iterations]({PLOT})", ""]
     out += ["Command lines (warm start, then every finished run):", "", "```"]
     out += warm["commands"] + [runs[v][s]["command"] for v in ORDER for s in sorted(runs.get(v, {}))]
     out += ["```", "", *_multihop_section(mh_exp, mh_warm, mh_runs), "", END]
     return "\n".join(out) + "\n", runs
+
+
+def starts(results: Path, warm: dict) -> Callable[[dict], dict[str, float]]:
+    """A run record -> the per-game outcome of the warm start it started from (:func:`start_games`)."""
+    rebuilds = load_rebuilds(results)
+    return lambda record: start_games(warm, rebuilds, record.get("machine"))
 
 
 def write_report(results: Path, docs: Path, multihop: Path | None = None) -> None:
@@ -347,7 +397,7 @@ def write_report(results: Path, docs: Path, multihop: Path | None = None) -> Non
     page.write_text(text)
     if runs:
         warm = json.loads((results / "warm_start.json").read_text())
-        _plot(runs, warm, docs / PLOT)
+        _plot(runs, starts(results, warm), docs / PLOT)
     print(f"wrote the horizon section of {page}")
 
 

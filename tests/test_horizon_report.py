@@ -154,3 +154,32 @@ def test_a_rebuilt_warm_start_is_compared_game_by_game_and_noted_once(tmp_path: 
     assert entries == [{"machine": "AMD EPYC; flags: avx2", "success": 2 / 3, "games_differing": ["2", "10"]}]
     horizon.note_rebuild(committed, dict(committed["games"]), dest)  # an identical rebuild is noted too
     assert json.loads(dest.read_text())[1]["games_differing"] == []
+
+
+def test_a_runs_warm_start_is_the_one_rebuilt_on_its_cpu() -> None:
+    report = _report()
+    intel, amd, fp32 = "Intel; amx_bf16", "AMD; avx512_bf16", "Intel; avx512f"
+    warm = {"machine": intel, "games": {"1": 1.0, "2": 0.0, "3": 1.0}}
+    rebuilds = [{"machine": amd, "success": 0.33, "games_differing": ["3"]},
+                {"machine": fp32, "success": 1.0, "games_differing": ["2"]}]
+    assert report.start_games(warm, rebuilds, intel) == {"1": 1.0, "2": 0.0, "3": 1.0}
+    assert report.start_games(warm, rebuilds, amd) == {"1": 1.0, "2": 0.0, "3": 0.0}
+    assert report.start_games(warm, rebuilds, fp32) == {"1": 1.0, "2": 1.0, "3": 1.0}
+    assert report.start_games(warm, rebuilds, "never rebuilt") == warm["games"]
+    assert warm["games"] == {"1": 1.0, "2": 0.0, "3": 1.0}  # not modified in place
+
+
+def test_change_from_own_warm_start_removes_the_warm_starts_difference() -> None:
+    report = _report()
+    start = {"intel": {"1": 1.0, "2": 0.0, "3": 0.0, "4": 0.0}, "amd": {"1": 0.0, "2": 0.0, "3": 0.0, "4": 0.0}}
+    a = {0: {**_run({"1": 1.0, "2": 1.0, "3": 0.0, "4": 0.0}), "machine": "intel"}}  # kept game 1, gained game 2
+    b = {0: {**_run({"1": 0.0, "2": 1.0, "3": 1.0, "4": 0.0}), "machine": "amd"}}  # gained games 2 and 3
+    # plain: d = [1, 0, -1, 0] -> 0; changes: a = [0, 1, 0, 0], b = [0, 1, 1, 0] -> d = [0, 0, -1, 0] -> -0.25
+    assert report.paired_difference(a, b)[0] == 0.0
+    mean, low, high, seeds = report.paired_difference(a, b, start=lambda r: start[r["machine"]])
+    assert (mean, seeds) == (-0.25, 1)
+    assert -1.0 <= low <= mean <= high <= 0.0
+    same = report.paired_difference(a, b, start=lambda r: start["amd"])  # one warm start: the plain difference
+    assert same == report.paired_difference(a, b)
+    lines = report._verdict({"steppo": a, "ppo": b}, planned_seeds=3, start=lambda r: start[r["machine"]])
+    assert lines[2].startswith("| StepPO − PPO | +0.000 |") and "| -0.250 [" in lines[2]
