@@ -20,6 +20,7 @@ files alone by ``python experiments/horizon.py report`` (see ``experiments/horiz
     python experiments/horizon.py                       # everything not done yet, then the report
     python experiments/horizon.py --seeds 0 --variants steppo ppo   # a subset
     python experiments/horizon.py --only-warm-start     # stages 1-3: check the task choice
+    python experiments/horizon.py --repeat --seeds 2 --variants steppo   # StepPO seed 2 again, on this CPU
     python experiments/horizon.py report                # regenerate the docs section and plots
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import resource
 import shlex
@@ -198,6 +200,21 @@ def one_run(h: Horizon, warm: str, variant: str, seed: int, work: Path, results:
     finish_run(run_command(h, warm, variant, seed, run), variant, seed, work, results / "runs" / f"{name}.json")
 
 
+def cpu_tag(description: str) -> str:
+    """A short, stable file-name part for one CPU description (:func:`machine`): the first 8 hex digits of
+    its SHA-1, so repeats of one run on different CPUs get different files."""
+    return hashlib.sha1(description.encode()).hexdigest()[:8]
+
+
+def one_repeat(h: Horizon, warm: str, variant: str, seed: int, work: Path, results: Path) -> None:
+    """Train (variant, seed) again on this CPU, whatever ran before elsewhere: the same command line, so the
+    result says how far the CPU alone (its floating point, the bf16 decision, its rebuilt warm start) moves
+    one run. Small outputs go to ``results/repeats/<variant>-seed<s>-<cpu tag>.json``."""
+    name = f"{variant}-seed{seed}-{cpu_tag(machine())}"
+    run = work / "repeats" / name
+    finish_run(run_command(h, warm, variant, seed, run), variant, seed, work, results / "repeats" / f"{name}.json")
+
+
 def finish_run(cmd: list[str], variant: str, seed: int, work: Path, dest: Path) -> None:
     """Run ``cmd`` (a resumable ``steppo train ... --output-dir RUN --resume``) unless ``dest`` exists, then write
     ``dest``: the command line, wall time, peak memory, metrics and per-game success at every held-out evaluation."""
@@ -231,7 +248,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", help="subset of the seeds (default 0 1 2)")
     ap.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), help="subset of the variants")
     ap.add_argument("--only-warm-start", action="store_true", help="stop after stages 1-3")
+    ap.add_argument("--repeat", action="store_true",
+                    help="run the named --seeds and --variants again on this CPU (results/horizon/repeats/): how far "
+                         "the CPU alone moves a run")
     args = ap.parse_args()
+    if args.repeat and not (args.seeds and args.variants):
+        ap.exit(2, "steppo: error: --repeat needs the runs to repeat: add --seeds and --variants, "
+                   "e.g. --repeat --seeds 2 --variants steppo\n")
     h = Horizon()
     if args.command == "all":
         args.work.mkdir(parents=True, exist_ok=True)
@@ -244,7 +267,7 @@ def main() -> None:
         if not args.only_warm_start:
             for seed in args.seeds if args.seeds is not None else h.seeds:
                 for variant in args.variants or VARIANTS:
-                    one_run(h, warm, variant, seed, args.work, args.results)
+                    (one_repeat if args.repeat else one_run)(h, warm, variant, seed, args.work, args.results)
     from horizon_report import write_report  # experiments/ is on sys.path when this file runs as a script
 
     write_report(args.results, ROOT / "docs")

@@ -232,6 +232,42 @@ def _machines(results: Path, runs: dict[str, dict[int, dict]], warm: dict) -> li
     return lines
 
 
+def load_repeats(results: Path) -> list[dict]:
+    """Runs made again on another CPU (``results/repeats/*.json``, written by ``horizon.py --repeat``)."""
+    return [json.loads(p.read_text()) for p in sorted((results / "repeats").glob("*.json"))]
+
+
+def _repeats(repeats: list[dict], runs: dict[str, dict[int, dict]]) -> list[str]:
+    """Each repeat beside the first run of its (variant, seed); then the repeat minus every other variant's
+    run of that seed made on the repeat's CPU, so from the same warm start (one seed: the games interval only)."""
+    if not repeats:
+        return []
+    lines = ["### The same run on another CPU", "",
+             "A run repeated with the same command line on another kind of CPU: what the CPU alone (floating point, "
+             "the bf16 decision of `amp=auto`, the warm start rebuilt on it) does to one result.", "",
+             "| run | first run: held-out success (CPU) | repeat: held-out success (CPU) | games whose outcome differs "
+             "| repeat's wall time |", "|---|---|---|---|---|"]
+    pairs = []
+    for r in repeats:
+        v, s = r["variant"], int(r["seed"])
+        first = runs.get(v, {}).get(s)
+        was = f"{_success(first):.2f} ({first.get('machine', 'not recorded')})" if first else "-"
+        differ = (str(sum(1 for g, x in final_games(r).items() if final_games(first).get(g) != x)) if first else "-")
+        lines.append(f"| {LABELS[v]} seed {s} | {was} | {_success(r):.2f} ({r['machine']}) | {differ} "
+                     f"| {_wall(r) / 60:.0f} min |")
+        pairs += [(r, o, runs[o][s]) for o in ORDER if o != v and runs.get(o, {}).get(s, {}).get("machine") == r["machine"]]
+    if pairs:
+        lines += ["", "The repeat against the other runs of its seed made on the same CPU, so from the same warm start:", "",
+                  "| difference (one seed, one CPU) | mean | 95% paired bootstrap interval (games) | reading |",
+                  "|---|---|---|---|"]
+        for r, o, other in pairs:
+            mean, low, high, _ = paired_difference({0: r}, {0: other})
+            reading = "wins" if low > 0 else "loses" if high < 0 else "tie (the interval contains 0)"
+            lines.append(f"| {LABELS[r['variant']]} − {LABELS[o]}, seed {r['seed']} | {mean:+.3f} "
+                         f"| [{low:+.3f}, {high:+.3f}] | {reading} |")
+    return [*lines, "", "```", *[r["command"] for r in repeats], "```", ""]
+
+
 def _plot(runs: dict[str, dict[int, dict]], start: Callable[[dict], dict[str, float]], path: Path) -> None:
     import matplotlib
 
@@ -370,7 +406,8 @@ def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, 
             "that its warm start lost and those it loses that its warm start won: how far the policy moved, "
             "which the net success hides. A run's warm start is the one rebuilt on its CPU (table below).", "",
             *_table(runs, seeds, task, starts(results, warm)), "", "Paired differences at the last held-out evaluation (pairing by game, seeds pooled):", "",
-            *_verdict(runs, len(seeds), starts(results, warm)), "", *_machines(results, runs, warm), ""]
+            *_verdict(runs, len(seeds), starts(results, warm)), "", *_machines(results, runs, warm), "",
+            *_repeats(load_repeats(results), runs)]
     if runs:
         out += [f"![held-out success over iterations]({PLOT})", ""]
     out += ["Command lines (warm start, then every finished run):", "", "```"]

@@ -183,3 +183,23 @@ def test_change_from_own_warm_start_removes_the_warm_starts_difference() -> None
     assert same == report.paired_difference(a, b)
     lines = report._verdict({"steppo": a, "ppo": b}, planned_seeds=3, start=lambda r: start[r["machine"]])
     assert lines[2].startswith("| StepPO − PPO | +0.000 |") and "| -0.250 [" in lines[2]
+
+
+def test_a_repeat_on_another_cpu_is_set_beside_its_first_run_and_the_runs_on_its_cpu(tmp_path: Path) -> None:
+    report = _report()
+    amd, fp32 = "AMD; avx512_bf16", "Intel; avx512f"
+    first = {**_run({"1": 1.0, "2": 0.0, "3": 0.0, "4": 0.0}), "machine": amd, "variant": "steppo", "seed": 2}
+    repeat = {**_run({"1": 1.0, "2": 1.0, "3": 1.0, "4": 0.0}), "machine": fp32, "variant": "steppo", "seed": 2,
+              "command": "steppo train --seed 2", "wall_s": 5940.0, "metrics": []}
+    runs = {"steppo": {2: first},
+            "ppo": {2: {**_run({"1": 0.0, "2": 0.0, "3": 0.0, "4": 0.0}), "machine": amd}},  # other CPU: no pair
+            "steppo-no-step-is": {2: {**_run({"1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0}), "machine": fp32}}}
+    assert report._repeats([], runs) == []
+    (tmp_path / "repeats").mkdir()
+    (tmp_path / "repeats" / "steppo-seed2-abcd1234.json").write_text(json.dumps(repeat))
+    lines = report._repeats(report.load_repeats(tmp_path), runs)
+    assert f"| StepPO seed 2 | 0.25 ({amd}) | 0.75 ({fp32}) | 2 | 99 min |" in lines
+    # 1 - 1, 1 - 1, 1 - 1, 0 - 1 -> -0.25 over the 4 games, paired with the ablation that ran on the same CPU
+    pair = [line for line in lines if line.startswith("| StepPO − ")]
+    assert len(pair) == 1 and pair[0].startswith("| StepPO − StepPO w/o step-IS, seed 2 | -0.250 | [")
+    assert "steppo train --seed 2" in lines
