@@ -68,8 +68,10 @@ class Experiment:
     eval_untrained: bool = True  # the untrained baseline row (the smoke run skips it: the same stage as the sft row's)
 
 
-SMOKE = Experiment(train_pool=4, rl_pool=8, eval_pool=4, expert_episodes=4, sft_iterations=2, sft_episodes=2,
-                   rl_iterations=2, tasks_per_iteration=2, group_size=2, eval_every=1, eval_untrained=False)
+#: every stage, at the smallest budget that still runs each code path (a group of 2, evaluation every iteration):
+#: CI runs it on every machine, and in float32 (CPUs without native bf16) each sampled step costs seconds to train
+SMOKE = Experiment(train_pool=4, rl_pool=8, eval_pool=2, expert_episodes=2, sft_iterations=2, sft_episodes=1,
+                   rl_iterations=2, tasks_per_iteration=1, group_size=2, eval_every=1, eval_untrained=False)
 
 
 def _env_args(env: dict) -> list[str]:
