@@ -193,26 +193,22 @@ def run_command(h: Horizon, warm: str, variant: str, seed: int, run: Path) -> li
             "--set", *[f"{k}={json.dumps(v)}" for k, v in sets.items()]]
 
 
-def one_run(h: Horizon, warm: str, variant: str, seed: int, work: Path, results: Path) -> None:
-    """Train one (variant, seed) unless its results exist; then save its small outputs to ``results``."""
-    name = f"{variant}-seed{seed}"
-    run = work / "runs" / name
-    finish_run(run_command(h, warm, variant, seed, run), variant, seed, work, results / "runs" / f"{name}.json")
+def one_run(h: Horizon, warm: str, variant: str, seed: int, work: Path, results: Path, repeat: bool = False) -> None:
+    """Train one (variant, seed) unless its results exist; then save its small outputs to ``results/runs``.
+
+    With ``repeat``, train it again on this CPU whatever ran elsewhere, with the same command line, so the result
+    says how far the CPU alone (its floating point, the bf16 decision, its rebuilt warm start) moves one run; its
+    outputs go to ``results/repeats/<variant>-seed<s>-<cpu tag>.json``."""
+    name = f"{variant}-seed{seed}" + (f"-{cpu_tag(machine())}" if repeat else "")
+    folder = "repeats" if repeat else "runs"
+    run = work / folder / name
+    finish_run(run_command(h, warm, variant, seed, run), variant, seed, work, results / folder / f"{name}.json")
 
 
 def cpu_tag(description: str) -> str:
     """A short, stable file-name part for one CPU description (:func:`machine`): the first 8 hex digits of
     its SHA-1, so repeats of one run on different CPUs get different files."""
     return hashlib.sha1(description.encode()).hexdigest()[:8]
-
-
-def one_repeat(h: Horizon, warm: str, variant: str, seed: int, work: Path, results: Path) -> None:
-    """Train (variant, seed) again on this CPU, whatever ran before elsewhere: the same command line, so the
-    result says how far the CPU alone (its floating point, the bf16 decision, its rebuilt warm start) moves
-    one run. Small outputs go to ``results/repeats/<variant>-seed<s>-<cpu tag>.json``."""
-    name = f"{variant}-seed{seed}-{cpu_tag(machine())}"
-    run = work / "repeats" / name
-    finish_run(run_command(h, warm, variant, seed, run), variant, seed, work, results / "repeats" / f"{name}.json")
 
 
 def finish_run(cmd: list[str], variant: str, seed: int, work: Path, dest: Path) -> None:
@@ -267,7 +263,7 @@ def main() -> None:
         if not args.only_warm_start:
             for seed in args.seeds if args.seeds is not None else h.seeds:
                 for variant in args.variants or VARIANTS:
-                    (one_repeat if args.repeat else one_run)(h, warm, variant, seed, args.work, args.results)
+                    one_run(h, warm, variant, seed, args.work, args.results, args.repeat)
     from horizon_report import write_report  # experiments/ is on sys.path when this file runs as a script
 
     write_report(args.results, ROOT / "docs")

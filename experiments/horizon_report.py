@@ -161,6 +161,11 @@ def _paper_table(runs: dict[str, dict[int, dict]], warm: dict, mh_warm: dict | N
     return lines
 
 
+def _reading(subject: str, low: float, high: float) -> str:
+    """A difference's reading from its 95% interval ``[low, high]``: a win or loss only when it excludes 0."""
+    return f"{subject} wins" if low > 0 else f"{subject} loses" if high < 0 else "tie (the interval contains 0)"
+
+
 def _verdict(runs: dict[str, dict[int, dict]], planned_seeds: int = 1,
              start: Callable[[dict], dict[str, float]] | None = None) -> list[str]:
     """StepPO minus each other variant: mean, the paired bootstrap interval over games (seeds pooled) and,
@@ -180,7 +185,7 @@ def _verdict(runs: dict[str, dict[int, dict]], planned_seeds: int = 1,
         mean, low, high, n = paired_difference(runs["steppo"], runs[other])
         if n == 0:
             continue
-        reading = "StepPO wins" if low > 0 else "StepPO loses" if high < 0 else "tie (the interval contains 0)"
+        reading = _reading("StepPO", low, high)
         both = ""
         if several:
             _, s_low, s_high, _ = paired_difference(runs["steppo"], runs[other], resample_seeds=True)
@@ -252,7 +257,8 @@ def _repeats(repeats: list[dict], runs: dict[str, dict[int, dict]]) -> list[str]
         v, s = r["variant"], int(r["seed"])
         first = runs.get(v, {}).get(s)
         was = f"{_success(first):.2f} ({first.get('machine', 'not recorded')})" if first else "-"
-        differ = (str(sum(1 for g, x in final_games(r).items() if final_games(first).get(g) != x)) if first else "-")
+        before = final_games(first) if first else {}
+        differ = str(sum(1 for g, x in final_games(r).items() if before.get(g) != x)) if first else "-"
         lines.append(f"| {LABELS[v]} seed {s} | {was} | {_success(r):.2f} ({r['machine']}) | {differ} "
                      f"| {_wall(r) / 60:.0f} min |")
         pairs += [(r, o, runs[o][s]) for o in ORDER if o != v and runs.get(o, {}).get(s, {}).get("machine") == r["machine"]]
@@ -262,9 +268,8 @@ def _repeats(repeats: list[dict], runs: dict[str, dict[int, dict]]) -> list[str]
                   "|---|---|---|---|"]
         for r, o, other in pairs:
             mean, low, high, _ = paired_difference({0: r}, {0: other})
-            reading = "wins" if low > 0 else "loses" if high < 0 else "tie (the interval contains 0)"
             lines.append(f"| {LABELS[r['variant']]} − {LABELS[o]}, seed {r['seed']} | {mean:+.3f} "
-                         f"| [{low:+.3f}, {high:+.3f}] | {reading} |")
+                         f"| [{low:+.3f}, {high:+.3f}] | {_reading(LABELS[r['variant']], low, high)} |")
     return [*lines, "", "```", *[r["command"] for r in repeats], "```", ""]
 
 
