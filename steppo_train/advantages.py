@@ -38,6 +38,7 @@ __all__ = [
     "step_gae",
     "token_gae",
     "whiten",
+    "whiten_with_floor",
 ]
 
 TruncatedBootstrap = Literal["last_value", "zero"]
@@ -243,6 +244,28 @@ def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     mean = (x * mf).sum() / n
     var = (((x - mean) * mf) ** 2).sum() / n
     return (x - mean) / (var.sqrt() + eps) * mf
+
+
+def whiten_with_floor(x: Tensor, mask: Tensor, signal: Tensor, floor: float, eps: float = 1e-8) -> Tensor:
+    """Whitening that does not amplify noise: ``whiten(x) * min(1, std_m(signal) / floor)``.
+
+    ``signal`` is a critic-free measure of what the batch can teach, of ``x``'s shape: the Monte-Carlo
+    returns-to-go of its steps (or tokens), :func:`discounted_returns`. Plain :func:`whiten` rescales
+    any batch to unit scale; in a batch whose returns are all equal (no reward anywhere, or the same
+    outcome everywhere) the GAE advantages are pure critic error (``A_t = V_{t+1} - V_t`` ...), and
+    whitening turns that noise into a full-size update. Here the whitened advantages shrink in
+    proportion when the biased std of ``signal`` over the masked entries is below ``floor``, down to
+    exactly 0 for a batch with constant returns. ``floor = 0`` is exactly :func:`whiten`.
+    """
+    white = whiten(x, mask, eps)
+    if floor <= 0:
+        return white
+    m = _bool_mask(mask)
+    mf = m.to(signal.dtype)
+    n = mf.sum().clamp_min(1)
+    mean = (signal * mf).sum() / n
+    std = ((((signal - mean) * mf) ** 2).sum() / n).sqrt()
+    return white * torch.clamp(std / floor, max=1.0).to(white.dtype)
 
 
 def grpo_advantages(returns: Tensor, group_ids: GroupIds, eps: float = 1e-6) -> Tensor:

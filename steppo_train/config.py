@@ -144,7 +144,18 @@ class TrainConfig(ConfigModel):
     lam: float = Field(1.0, ge=0.0, le=1.0, description="GAE lambda.")
     clip_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower clip: ratio >= 1 - clip_low.")
     clip_high: float = Field(0.2, gt=0.0, description="Upper clip: ratio <= 1 + clip_high.")
-    value_clip: float = Field(0.2, gt=0.0, description="Clip range of the value loss.")
+    value_clip: float | None = Field(None, gt=0.0, description=(
+        "Clip range of the value loss around the values of the rollout (PPO's pessimistic clipped value loss); None = "
+        "plain squared error. Off by default: with 0.2 a critic that starts far from the returns moves at most 0.2 per "
+        "iteration and the clip zeroes the gradient of most entries (17-70% in the first iteration of the 2026-12 "
+        "coin_collector runs, whose critics never learned: docs/training.md, 'The critic')."))
+    value_head_init_std: float = Field(1e-3, ge=0.0, description=(
+        "Standard deviation of the critic's values at the start: the value head reads layer-normalised hidden states "
+        "(unit scale whatever the backbone's hidden-state norm) with weights N(0, (this / sqrt(hidden))^2) and bias 0, "
+        "so V starts near 0 for every model. Small but not 0, so the backbone gets a gradient from the first step."))
+    critic_warmup: int = Field(0, ge=0, description=(
+        "Critic warm-up: the first N iterations update only the critic (the actor and the rollout weights stay as "
+        "they are), so the advantages of the first actor update come from a critic that has seen N batches."))
     kl_coef: float = Field(0.0, ge=0.0, description="Weight of the k3 KL to the reference (initial) policy; 0 = no reference model.")
     entropy_coef: float = Field(0.0, ge=0.0, description="Weight of the entropy bonus.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
@@ -175,7 +186,18 @@ class TrainConfig(ConfigModel):
         "holds 1/N of the weights, gradients and AdamW state, full weights are gathered only to push them to the "
         "rollout engine and to write checkpoints (same format in every mode, so a run resumes under any). Each rank "
         "trains on its share of every minibatch's micro-batches; the reference model (kl_coef > 0) stays whole."))
-    whiten_advantages: bool = Field(True, description="Whiten advantages over all step rows of the batch (StepPO does).")
+    whiten_advantages: bool = Field(True, description=(
+        "Critic algorithms: whiten advantages over all step rows (token rows for token GAE) of the batch (StepPO does), "
+        "with the floor whiten_floor."))
+    whiten_floor: float = Field(0.1, ge=0.0, description=(
+        "Whitening floor: the whitened advantages are multiplied by min(1, std(G) / whiten_floor), G the Monte-Carlo "
+        "returns-to-go of the batch's steps, so a batch whose returns barely vary (no reward at all: std 0) gets small "
+        "advantages (exactly 0) instead of critic noise rescaled to unit size. 0 = plain whitening. 0.1 is below the "
+        "spread of any batch with one success in 64 episodes of 15 steps (0/1 rewards: std 0.12)."))
+    measure_update: bool = Field(True, description=(
+        "After each update, one no-grad pass of the actor (and the critic) over the batch measures how far the update "
+        "moved: update/approx_kl and update/clip_fraction (ratios outside the clip range) against the old logprobs, "
+        "and critic/explained_variance_after. Costs about one old-logprob pass per iteration."))
     truncated_bootstrap: Literal["zero", "last_value"] = Field("zero", description=(
         "Value of the state after a truncated episode: 'zero' (the step limit is part of the task and the observation "
         "shows the steps left, so nothing follows) or 'last_value' (Gymnasium's time-limit view)."))

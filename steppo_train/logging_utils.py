@@ -18,6 +18,9 @@ DEFAULT_PLOT_KEYS: tuple[str, ...] = (
     "rollout/invalid_rate",
     "losses/policy",
     "losses/value",
+    "critic/explained_variance_before",
+    "critic/explained_variance_after",
+    "update/approx_kl",
 )
 
 
@@ -57,6 +60,8 @@ _LINE_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("eval/success_rate", "eval", "{:.2f}"),
     ("losses/policy", "pi_loss", "{:+.4f}"),
     ("losses/value", "v_loss", "{:.4f}"),
+    ("critic/explained_variance_before", "ev", "{:+.2f}"),
+    ("update/approx_kl", "kl", "{:.1e}"),
     ("time/rollout_s", "rollout", "{:.0f}s"),
     ("time/update_s", "update", "{:.0f}s"),
     ("memory/rss_push_gib", "rss", "{:.1f}GiB"),

@@ -45,6 +45,7 @@ __all__ = [
     "values_at_action_tokens",
     "values_at_last_prompt_token",
     "freeze_lower_layers",
+    "init_value_head",
 ]
 
 Dtype = Literal["fp32", "bf16", "float32", "bfloat16"]
@@ -137,15 +138,19 @@ def load_actor(config: ModelConfig) -> nn.Module:
 class Critic(nn.Module):
     """A base transformer (no LM head) with a scalar value head on every position's hidden state.
 
-    The head is ``nn.Linear(hidden, 1)`` in fp32 (hidden states are cast to fp32 before it), its
-    weight ``N(0, init_std^2)`` and bias 0.
+    The head reads **layer-normalised** hidden states (``F.layer_norm`` without weights: zero mean,
+    unit variance per position, in fp32), so its scale does not depend on the backbone's hidden-state
+    norm (~58 for SmolLM2's last layer, where an unnormalised head with weights ``N(0, 0.01^2)`` started
+    at ``|V| ~ 0.5``). The head is ``nn.Linear(hidden, 1)`` in fp32 with weights
+    ``N(0, (init_std / sqrt(hidden))^2)`` and bias 0, so the values start at about ``N(0, init_std^2)``.
     """
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, init_std: float = 1e-2) -> None:
+    def __init__(self, backbone: nn.Module, hidden_size: int, init_std: float = 1e-3) -> None:
         super().__init__()
         self.backbone = backbone
+        self.hidden_size = hidden_size
         self.value_head = nn.Linear(hidden_size, 1, dtype=torch.float32)
-        nn.init.normal_(self.value_head.weight, std=init_std)
+        nn.init.normal_(self.value_head.weight, std=init_std / hidden_size**0.5)
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -153,7 +158,19 @@ class Critic(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
-        return self.value_head(hidden.float()).squeeze(-1)
+        features = torch.nn.functional.layer_norm(hidden.float(), (self.hidden_size,))
+        return self.value_head(features).squeeze(-1)
+
+
+def init_value_head(critic: Critic, seed: int, std: float = 1e-3) -> None:
+    """Initialise the critic's value head from ``seed`` (no global RNG), so runs are reproducible: weights
+    ``N(0, (std / sqrt(hidden))^2)`` over the head's unit-scale features, bias 0, so ``V`` starts at about
+    ``N(0, std^2)`` (:class:`~steppo_train.models.Critic`)."""
+    g = torch.Generator().manual_seed(seed)
+    head = critic.value_head
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * (std / head.in_features**0.5))
+        head.bias.zero_()
 
 
 def load_critic(config: ModelConfig) -> Critic:

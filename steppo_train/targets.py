@@ -3,18 +3,20 @@
 This is the only place where the algorithms differ in *credit assignment*; the maths lives in
 :mod:`steppo_train.advantages`.
 
-| algo          | advantage                                          | granularity                  |
-|---------------|----------------------------------------------------|------------------------------|
-| steppo        | step GAE over the step timeline, whitened           | one per step                 |
-| ppo           | token GAE over concatenated action tokens, whitened | one per action token         |
-| grpo, gspo    | trajectory return normalised in its group           | one per trajectory           |
-| rloo          | return minus the leave-one-out group mean           | one per trajectory           |
-| reinforce_pp  | discounted return-to-go, batch-normalised           | one per step                 |
-| gigpo         | group advantage + anchor-state step advantage       | one per step                 |
-| sft           | none (maximum likelihood on the action tokens)      | -                            |
+| algo          | advantage                                                  | granularity          |
+|---------------|------------------------------------------------------------|----------------------|
+| steppo        | step GAE over the step timeline, whitened with a floor      | one per step         |
+| ppo           | token GAE over concatenated action tokens, whitened (floor) | one per action token |
+| grpo, gspo    | trajectory return normalised in its group                  | one per trajectory   |
+| rloo          | return minus the leave-one-out group mean                  | one per trajectory   |
+| reinforce_pp  | discounted return-to-go, batch-normalised                  | one per step         |
+| gigpo         | group advantage + anchor-state step advantage              | one per step         |
+| sft           | none (maximum likelihood on the action tokens)             | -                    |
 
 For steppo and ppo, ``advantage_level`` picks the row (step GAE or token GAE) whatever the algorithm,
-so the paper's ablations are configurations: see :class:`~steppo_train.config.TrainConfig`.
+so the paper's ablations are configurations: see :class:`~steppo_train.config.TrainConfig`. Critic
+advantages are whitened with a floor (:func:`~steppo_train.advantages.whiten_with_floor`, ``whiten_floor``):
+a batch whose returns barely vary gets small advantages, not unit-scale critic noise.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def compute_targets(
             terminated=batch.terminated, truncated_bootstrap=config.truncated_bootstrap,
         )
         if config.whiten_advantages:
-            A = adv.whiten(A, mask)
+            A = adv.whiten_with_floor(A, mask, adv.discounted_returns(batch.rewards, mask, config.gamma), config.whiten_floor)
         return RowTargets(_per_row(batch, A), batch.steps_to_rows(A), batch.steps_to_rows(R), step_values.detach())
     if config.uses_critic:
         if token_values is None:
@@ -108,7 +110,7 @@ def compute_targets(
             terminated=batch.terminated, truncated_bootstrap=config.truncated_bootstrap,
         )
         if config.whiten_advantages:
-            A = adv.whiten(A, tmask)
+            A = adv.whiten_with_floor(A, tmask, adv.discounted_returns(rewards_t, tmask, config.gamma), config.whiten_floor)
         toks = [A[b, s : s + n].clone() for b, s, n in where]
         rets = [R[b, s : s + n].clone() for b, s, n in where]
         return RowTargets(toks, None, rets, [v.detach() for v in token_values])

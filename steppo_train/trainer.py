@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from steppo_agent.analysis import summarize
 from steppo_agent.policies.weight_sync import push_weights
-from steppo_agent.records import Trajectory
 from steppo_envs.config import ConfigError
 from steppo_envs.progress import progress_bar
 from steppo_train.async_rollout import (
@@ -44,26 +40,26 @@ from steppo_train.async_rollout import (
     RolloutWorker,
     collect_batch,
     row_staleness,
-    staleness_metrics,
 )
 from steppo_train.batch import StepBatch, build_step_batch
 from steppo_train.checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from steppo_train.config import TrainConfig
+from steppo_train.diagnostics import RatioLevel, explained_variance, flat_values, policy_movement
+from steppo_train.iteration_metrics import batch_metrics, rollout_metrics
 from steppo_train.logging_utils import MetricsLogger, iteration_line, plot_metrics
 from steppo_train.lora import rollout_state_dict
 from steppo_train.memory import PhaseMemory, release_free_memory
 from steppo_train.models import (
     Critic,
     ModelConfig,
+    init_value_head,
     load_actor,
     load_critic,
-    pack_microbatches,
     response_logprobs,
     values_at_action_tokens,
     values_at_last_prompt_token,
 )
 from steppo_train.parallel import (
-    Parallelism,
     any_rank,
     clip_gradients,
     full_model_state,
@@ -77,6 +73,7 @@ from steppo_train.parallel import (
 )
 from steppo_train.precision import resolve_amp
 from steppo_train.rollout_side import evaluate, offline_batch, preflight, rewind
+from steppo_train.run_state import Run, TrainResult
 from steppo_train.targets import compute_targets
 from steppo_train.update import (
     IterationData,
@@ -90,94 +87,7 @@ from steppo_train.update import (
 if TYPE_CHECKING:
     from steppo_agent.policies.base import Policy
 
-__all__ = ["Run", "TrainResult", "init_value_head", "setup", "train"]
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` leaves behind: the output folder and the trained models (in memory)."""
-
-    output_dir: Path
-    actor: nn.Module
-    critic: Critic | None
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.output_dir / "metrics.jsonl"
-
-
-def init_value_head(critic: Critic, seed: int, std: float = 1e-2) -> None:
-    """Initialise the critic's value head from ``seed`` (no global RNG), so runs are reproducible."""
-    g = torch.Generator().manual_seed(seed)
-    head = critic.value_head
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * std)
-        head.bias.zero_()
-
-
-# -- small helpers ---------------------------------------------------------------------------------
-BatchFn = Callable[[list[list[int]], list[list[int]]], Sequence[torch.Tensor]]
-"""``(prompts of a micro-batch, their responses) -> one tensor per row``."""
-
-
-@torch.no_grad()
-def _batched(fn: BatchFn, prompts: list[list[int]], responses: list[list[int]], token_budget: int,
-             pad_multiple: int = 1) -> list[torch.Tensor]:
-    """Run ``fn`` over micro-batches packed by token budget, in row order; results come back on the
-    CPU (targets and logging live there)."""
-    out: dict[int, torch.Tensor] = {}
-    for mb in pack_microbatches(list(zip(prompts, responses, strict=True)), token_budget, pad_multiple):
-        res = fn([prompts[i] for i in mb], [responses[i] for i in mb])
-        for i, r in zip(mb, res, strict=True):
-            out[i] = r.detach().cpu()
-    return [out[i] for i in range(len(prompts))]
-
-
-# -- the run: what stays fixed from the first iteration to the last -----------------------------------
-@dataclass
-class Run:
-    """Models, optimizers, the rollout source and the bookkeeping of one training run (built by :func:`setup`)."""
-
-    config: TrainConfig
-    rank: int
-    world: int
-    device: torch.device
-    out_dir: Path
-    actor: nn.Module
-    critic: Critic | None
-    reference: nn.Module | None
-    optimizers: dict[str, torch.optim.Optimizer]
-    state: CheckpointState
-    policy: Policy | None = None
-    owns_policy: bool = False
-    offline: list[Trajectory] = field(default_factory=list)
-    use_amp: bool = False
-    logger: MetricsLogger | None = None
-    tokenizer: Any = None
-    memory: PhaseMemory = field(default_factory=PhaseMemory)
-    par: Parallelism = field(default_factory=Parallelism)
-
-    @property
-    def actor_fwd(self) -> nn.Module:
-        """What the actor's forward passes call: the actor, or its DDP / FSDP view (``parallel``)."""
-        return self.par.actor or self.actor
-
-    @property
-    def critic_fwd(self) -> Critic | None:
-        """What the critic's forward passes call: the critic, or its DDP wrapper (which runs the
-        critic's forward, hence typed as one)."""
-        return self.par.critic or self.critic  # type: ignore[return-value]  # DistributedDataParallel(critic) forwards to Critic.forward
-
-    def amp(self) -> torch.autocast:
-        """bfloat16 autocast around forward passes (a no-op unless ``amp`` resolved to on)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp)
-
-    def params(self, name: str) -> list[nn.Parameter]:
-        model = self.actor if name == "actor" else self.critic
-        return [p for p in model.parameters() if p.requires_grad] if model is not None else []
-
-    def batched(self, fn: BatchFn, batch: StepBatch) -> list[torch.Tensor]:
-        return _batched(fn, batch.prompt_ids, batch.response_ids, self.config.token_budget, self.config.pad_multiple)
+__all__ = ["Run", "TrainResult", "init_value_head", "setup", "train"]  # Run, TrainResult: steppo_train.run_state
 
 
 def _models(config: TrainConfig, model_path: str, device: torch.device) -> tuple[nn.Module, Critic | None, nn.Module | None]:
@@ -191,7 +101,7 @@ def _models(config: TrainConfig, model_path: str, device: torch.device) -> tuple
         critic = load_critic(ModelConfig(resolve_model(config.critic_model or config.policy.model), config.dtype,
                                          config.gradient_checkpointing, trainable_layers=config.trainable_layers,
                                          lora=config.lora if config.lora.critic else None, seed=config.seed + 1))
-        init_value_head(critic, config.seed)
+        init_value_head(critic, config.seed, config.value_head_init_std)
         critic.to(device)
     reference = load_actor(ModelConfig(model_path, config.dtype)).to(device).eval() if config.kl_coef > 0 else None
     return actor, critic, reference
@@ -300,25 +210,6 @@ def rollout_worker(run: Run) -> contextlib.AbstractContextManager[RolloutWorker 
     return RolloutWorker(lambda i: collect_batch(config, policy, i, run.out_dir), config.max_staleness, config.iterations)
 
 
-def rollout_metrics(collected: CollectedBatch, staleness: list[int] | None) -> dict[str, float]:
-    """The collection's own time, the prefix-cache hit rate when the backend gives one, and the
-    staleness of the batch's steps (``rollout/staleness_max`` / ``_mean``) when versions are known."""
-    metrics = {"time/rollout_collect_s": collected.seconds}
-    if collected.prefix_cache_hit_rate is not None:
-        metrics["rollout/prefix_cache_hit_rate"] = collected.prefix_cache_hit_rate
-    return {**metrics, **staleness_metrics(staleness or [])}
-
-
-def batch_metrics(trajectories: list[Trajectory], batch: StepBatch) -> dict[str, float]:
-    """Episode outcomes (``charts/``) and the batch's size (``rollout/``)."""
-    metrics = summarize(trajectories).as_metrics("charts")
-    metrics["rollout/steps"] = float(batch.num_rows)
-    metrics["rollout/response_tokens"] = float(sum(len(r) for r in batch.response_ids))
-    metrics["rollout/invalid_rate"] = metrics["charts/invalid_rate"]
-    metrics["rollout/truncated_rate"] = float(batch.truncated.float().mean())
-    return metrics
-
-
 def score_phase(run: Run, batch: StepBatch) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, dict[str, float]]:
     """2. Old logprobs under the trainer's weights (and their gap to the rollout engine's sampled
     logprobs), and the reference policy's logprobs when there is a KL term."""
@@ -342,26 +233,35 @@ def score_phase(run: Run, batch: StepBatch) -> tuple[list[torch.Tensor], list[to
     return old, ref, metrics
 
 
-def values_phase(run: Run, batch: StepBatch) -> tuple[torch.Tensor | None, list[torch.Tensor] | None, dict[str, float]]:
-    """3. Critic values: at the last prompt token of each step (``step_advantages``) or at every action token."""
+def critic_values(run: Run, batch: StepBatch) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+    """The critic's values: at the last prompt token of each step (``step_advantages``: ``[rows]``) or at
+    every action token (one tensor per row); ``(None, None)`` without a critic."""
     critic, pad = run.critic, run.config.pad_multiple
     if critic is None:
-        return None, None, {}
+        return None, None
     critic.eval()
     with run.amp():
         if run.config.step_advantages:
-            step_values = torch.stack(run.batched(lambda p, r: list(values_at_last_prompt_token(critic, p, pad_multiple=pad)), batch))
-            return step_values, None, {"charts/value_mean": float(step_values.mean())}
-        return None, run.batched(lambda p, r: values_at_action_tokens(critic, p, r, pad_multiple=pad), batch), {}
+            return torch.stack(run.batched(lambda p, r: list(values_at_last_prompt_token(critic, p, pad_multiple=pad)), batch)), None
+        return None, run.batched(lambda p, r: values_at_action_tokens(critic, p, r, pad_multiple=pad), batch)
+
+
+def values_phase(run: Run, batch: StepBatch) -> tuple[torch.Tensor | None, list[torch.Tensor] | None, dict[str, float]]:
+    """3. Critic values (:func:`critic_values`) and their mean."""
+    step_values, token_values = critic_values(run, batch)
+    flat = flat_values(step_values, token_values)
+    return step_values, token_values, ({} if flat is None else {"charts/value_mean": float(flat.mean())})
 
 
 def _microbatch(run: Run, data: IterationData, units: list[int], mb_units: int, mb_rows: int, mb_tokens: int,
-                scale: float) -> dict[str, float]:
-    """Forward and backward of one micro-batch, its losses times ``scale``; returns the logged losses."""
-    config = run.config
-    with run.amp():
-        loss, logged = actor_loss(config, run.actor_fwd, data, units, mb_units, mb_tokens)
-    (loss * scale).backward()
+                scale: float, train_actor: bool) -> dict[str, float]:
+    """Forward and backward of one micro-batch (the actor's unless ``train_actor`` is off: critic warm-up),
+    its losses times ``scale``; returns the logged losses."""
+    config, logged = run.config, dict[str, float]()
+    if train_actor:
+        with run.amp():
+            loss, logged = actor_loss(config, run.actor_fwd, data, units, mb_units, mb_tokens)
+        (loss * scale).backward()
     critic = run.critic_fwd
     if critic is not None:
         rows = [r for u in units for r in data.units[u]]
@@ -372,9 +272,9 @@ def _microbatch(run: Run, data: IterationData, units: list[int], mb_units: int, 
     return logged
 
 
-def _minibatch_step(run: Run, data: IterationData, mb_units: list[int], sums: dict[str, float]) -> None:
+def _minibatch_step(run: Run, data: IterationData, mb_units: list[int], sums: dict[str, float], train_actor: bool) -> None:
     """Gradients of one minibatch (micro-batches packed by token budget, this rank's share), then one
-    optimizer step per model; logged losses are added to ``sums``.
+    optimizer step per model (the critic's only, while ``train_actor`` is off); logged losses are added to ``sums``.
 
     Each micro-batch's loss weights use the whole minibatch's size, so the minibatch gradient is the
     *sum* over ranks; DDP / FSDP average over ranks, hence every loss is scaled by ``world``. All ranks
@@ -390,20 +290,30 @@ def _minibatch_step(run: Run, data: IterationData, mb_units: list[int], sums: di
     for i in range(passes):
         pack, scale = (mine[i], float(run.world)) if i < len(mine) else (packs[-1][-1:], 0.0)
         with gradient_sync(run.par.roots, enabled=i == passes - 1):
-            logged = _microbatch(run, data, [mb_units[j] for j in pack], len(mb_units), len(mb_rows), mb_tokens, scale)
+            logged = _microbatch(run, data, [mb_units[j] for j in pack], len(mb_units), len(mb_rows), mb_tokens, scale,
+                                 train_actor)
         for k, v in logged.items() if scale else ():
             sums[k] = sums.get(k, 0.0) + v
     for name, opt in run.optimizers.items():
+        if name == "actor" and not train_actor:
+            continue
         norm = clip_gradients(run.params(name), config.max_grad_norm)
         if name == "actor":
             sums["losses/actor_grad_norm"] = sums.get("losses/actor_grad_norm", 0.0) + norm
         opt.step()
 
 
+def warming_up(run: Run, iteration: int) -> bool:
+    """Whether ``iteration`` is a critic warm-up iteration (``critic_warmup``): only the critic is updated."""
+    return run.critic is not None and iteration < run.config.critic_warmup
+
+
 def update_phase(run: Run, data: IterationData, iteration: int) -> dict[str, float]:
-    """5. ``ppo_epochs`` passes of shuffled minibatches (``minibatch_size`` units each); mean logged losses."""
+    """5. ``ppo_epochs`` passes of shuffled minibatches (``minibatch_size`` units each; the critic only during
+    its warm-up); mean logged losses."""
     config = run.config
-    run.actor.train()
+    train_actor = not warming_up(run, iteration)
+    run.actor.train(train_actor)
     if run.critic is not None:
         run.critic.train()
     generator = torch.Generator().manual_seed(config.seed * 7919 + iteration)
@@ -414,7 +324,7 @@ def update_phase(run: Run, data: IterationData, iteration: int) -> dict[str, flo
     for _epoch in range(config.ppo_epochs):
         order = torch.randperm(len(data.units), generator=generator).tolist()
         for start in range(0, len(order), config.minibatch_size):
-            _minibatch_step(run, data, order[start : start + config.minibatch_size], sums)
+            _minibatch_step(run, data, order[start : start + config.minibatch_size], sums, train_actor)
             n_minibatches += 1
             bar.update(1)
             if config.trim_memory:  # the update's activations leave the most free heap behind
@@ -423,9 +333,31 @@ def update_phase(run: Run, data: IterationData, iteration: int) -> dict[str, flo
     return {k: v / max(1, n_minibatches) for k, v in sums.items()}
 
 
-def push_phase(run: Run) -> None:
-    """6. The new actor weights into the rollout policy (:func:`~steppo_agent.policies.weight_sync.push_weights`)."""
-    if _push_weights(run):
+def measure_phase(run: Run, data: IterationData, values_before: torch.Tensor | None, iteration: int) -> dict[str, float]:
+    """5b. What the update did (:mod:`steppo_train.diagnostics`): the critic's explained variance of the returns it
+    was trained on, before and after the update, and (``measure_update``) the policy's movement, measured with
+    the new weights on the whole batch: ``update/approx_kl`` and ``update/clip_fraction``."""
+    config, batch, metrics = run.config, data.batch, {}
+    returns = flat_values(data.targets.returns)
+    if returns is not None and values_before is not None:
+        metrics["critic/explained_variance_before"] = explained_variance(returns, values_before)
+        after = flat_values(*critic_values(run, batch)) if config.measure_update else None
+        if after is not None:
+            metrics["critic/explained_variance_after"] = explained_variance(returns, after)
+    if config.measure_update and config.algo != "sft" and not warming_up(run, iteration):
+        run.actor.eval()
+        with run.amp():
+            new = run.batched(lambda p, r: response_logprobs(run.actor_fwd, p, r, pad_multiple=config.pad_multiple), batch)
+        level: RatioLevel = "sequence" if config.algo == "gspo" else "step" if config.uses_critic and config.step_ratio else "token"
+        kl, clipped = policy_movement(new, data.old_logprobs, config.clip_low, config.clip_high, level, data.units)
+        metrics.update({"update/approx_kl": kl, "update/clip_fraction": clipped})
+    return metrics
+
+
+def push_phase(run: Run, iteration: int) -> None:
+    """6. The new actor weights into the rollout policy (:func:`~steppo_agent.policies.weight_sync.push_weights`);
+    nothing to push after a critic warm-up iteration."""
+    if not warming_up(run, iteration) and _push_weights(run):
         run.state.policy_version += 1
         run.memory.after("push")
 
@@ -493,9 +425,11 @@ def train(config: TrainConfig, *, policy: Policy | None = None) -> TrainResult:
                 metrics["charts/advantage_abs_mean"] = float(targets.step_advantages.abs().mean())
             metrics.update({**scored, **valued, **update_phase(run, data, iteration)})   # 5. update
             t_update = time.perf_counter() - t_start - t_rollout
+            metrics.update(measure_phase(run, data, flat_values(step_values, token_values), iteration))  #    and what it did
+            metrics["time/measure_s"] = time.perf_counter() - t_start - t_rollout - t_update
             run.memory.after("update")
             t_wait = worker.drain() if worker is not None else 0.0                        # 6. wait for the collection in flight,
-            push_phase(run)                                                               #    then push
+            push_phase(run, iteration)                                                    #    then push
             metrics.update({"time/rollout_s": t_rollout, "time/update_s": t_update, "time/push_wait_s": t_wait,
                             "perf/update_tokens_per_s": metrics["rollout/response_tokens"] * config.ppo_epochs / max(t_update, 1e-9),
                             **rollout_metrics(collected, staleness if version is not None else None)})

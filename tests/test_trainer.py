@@ -105,6 +105,36 @@ def test_one_iteration_changes_every_parameter(tiny: Path, tmp_path: Path, algo:
 
 
 @pytest.mark.parametrize("algo", ["steppo", "ppo"])
+def test_a_one_minibatch_iteration_logs_how_far_it_moved(tiny: Path, tmp_path: Path, algo: str) -> None:
+    # one minibatch: the per-minibatch KL is taken before the only optimizer step (0 by construction); the
+    # post-update KL over the batch shows the movement, and the critic's explained variance is logged both ways
+    config = _config(tiny, algo, tmp_path / algo, tasks_per_iteration=3)
+    result = train(config, policy=MixedPolicy(tiny))
+    row = json.loads(result.metrics_path.read_text().splitlines()[0])
+    assert row["losses/approx_kl"] == 0.0
+    assert row["update/approx_kl"] > 0.0
+    assert 0.0 <= row["update/clip_fraction"] <= 1.0
+    assert {"critic/explained_variance_before", "critic/explained_variance_after"} <= set(row)
+    assert row["critic/explained_variance_before"] <= 1.0 and row["critic/explained_variance_after"] <= 1.0
+
+
+def test_critic_warmup_updates_only_the_critic(tiny: Path, tmp_path: Path) -> None:
+    config = _config(tiny, "steppo", tmp_path / "warm", tasks_per_iteration=3, critic_warmup=1)
+    before = {k: v.clone() for k, v in load_actor(ModelConfig(str(tiny))).named_parameters()}
+    policy = MixedPolicy(tiny)
+    result = train(config, policy=policy)
+    assert all(torch.equal(p, before[k]) for k, p in result.actor.named_parameters())
+    assert policy.pushes == 0  # nothing to push: the rollout weights are the actor's
+    assert result.critic is not None
+    critic0 = load_critic(ModelConfig(str(tiny)))
+    init_value_head(critic0, config.seed)
+    start = dict(critic0.named_parameters())
+    assert all(not torch.equal(p, start[k]) for k, p in result.critic.named_parameters())
+    row = json.loads(result.metrics_path.read_text().splitlines()[0])
+    assert "losses/policy" not in row and "update/approx_kl" not in row and "losses/value" in row
+
+
+@pytest.mark.parametrize("algo", ["steppo", "ppo"])
 def test_amp_with_top_layers_trains_exactly_the_trainable_parameters(tiny: Path, tmp_path: Path, algo: str) -> None:
     # bfloat16 autocast over float32 weights, only the top block (+ final norm) of actor and critic trainable
     config = _config(tiny, algo, tmp_path / algo, tasks_per_iteration=3, amp=True, trainable_layers=1)
