@@ -4,6 +4,11 @@ Each step the agent either calls ``search(query)`` (Hermes tool call or ``Search
 the top-k BM25 passages, or answers (``<answer>...</answer>`` or ``Answer[...]``), which ends the
 episode with reward 1.0 for an exact match (SQuAD-normalised, any alias) and 0.0 otherwise. The
 observation is the whole state re-rendered each step inside ``budget_chars``.
+
+With ``step_labels=True`` each step's ``info["step_label"]`` is a ground-truth progress label: 1 iff
+the step's search results showed a supporting paragraph (a supporting title of the question) that no
+earlier step of the episode showed (``support_recall`` went up), or the step is an answer with an
+exact match (reward 1.0); else 0.
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ class MultiHopQAConfig(ConfigModel):
         "Put the oracle's next action in ``info[\"extra\"][\"expert_action\"]`` (for ``--backend expert`` and SFT "
         "warm starts): ``Search[title]`` for each supporting title not yet retrieved nor searched, in dataset order, "
         "then ``Answer[gold answer]`` (also on the last step)."))
+    step_labels: bool = Field(False, description=(
+        "Put a ground-truth progress label in ``info[\"step_label\"]`` each step: 1 iff the step's search results "
+        "showed a supporting paragraph (a supporting title of the question) that no earlier step of the episode "
+        "showed, or the step answers with an exact match (reward 1.0); else 0."))
 
 
 SEARCH_TOOL = ToolSpec(
@@ -220,6 +229,7 @@ class MultiHopQAEnv(gym.Env[str, str]):
                 )
 
         reward, terminated, em, f1 = 0.0, False, 0.0, 0.0
+        recall_before = self.support_recall()
         extra: dict[str, Any] = {"source": self._example.source}
         turn = _Turn(step=self._step)
         if parsed.kind == "answer":
@@ -243,6 +253,9 @@ class MultiHopQAEnv(gym.Env[str, str]):
         self._obs = self._render()
         feedback = None if parsed.valid else f"{turn.error}. {format_hint(self.tools)}"
         info = self._info(parsed, feedback=feedback, em=em, f1=f1, success=terminated and em == 1.0, extra=extra)
+        if cfg.step_labels:
+            progressed = em == 1.0 if parsed.kind == "answer" else self.support_recall() > recall_before
+            info["step_label"] = int(progressed)
         return self._obs, float(reward), terminated, truncated, info
 
     def render(self) -> str | None:

@@ -6,6 +6,9 @@ offline stand-in for citation expansion), ``select(paper_ids)`` (add papers to t
 ``finish()`` (end the episode). The observation re-renders the question, the action history, the
 candidate pool (best first), the selected list and the steps left. Rewards: see :mod:`.reward`;
 details in docs/paper_search.md.
+
+``step_labels=True`` adds ``info["step_label"]``: 1 iff the step surfaced a gold paper that no earlier
+step surfaced, or its ``select`` calls earned a positive :class:`RewardFn` score; else 0.
 """
 
 from __future__ import annotations
@@ -138,6 +141,10 @@ class PaperSearchConfig(ConfigModel):
     progress: bool = Field(True, description=(
         "Progress bars while parsing the corpus / building the index the first time (deprecated old name: "
         "``show_progress``)."))
+    step_labels: bool = Field(False, description=(
+        "Put a ground-truth progress label in ``info[\"step_label\"]`` each step: 1 iff a tool of the step surfaced "
+        "a gold paper that no earlier step of the episode surfaced, or the step's ``select`` calls earned a positive "
+        "reward-function score (the answer's reward, not counting penalties); else 0."))
 
     @field_validator("split")
     @classmethod
@@ -209,6 +216,7 @@ class _Candidate:
 class _Episode:
     task: PaperTask
     max_year: int
+    gold: frozenset[int] = frozenset()  # corpus indices of the gold papers
     pool: dict[int, _Candidate] = field(default_factory=dict)
     selected: list[int] = field(default_factory=list)
     queries: set[str] = field(default_factory=set)
@@ -216,6 +224,7 @@ class _Episode:
     history: list[str] = field(default_factory=list)
     last_notes: list[str] = field(default_factory=list)
     last_hits: list[int] = field(default_factory=list)
+    last_select_score: float = 0.0  # the RewardFn score of this step's selections
     feedback: str | None = None
     step: int = 0
     done: bool = False
@@ -258,7 +267,9 @@ class PaperSearchEnv(gym.Env[str, str]):
         super().reset(seed=seed)
         i = pick_task_index(options, len(self.tasks), self.np_random, owner="steppo/PaperSearch-v0")
         task = self.tasks[i]
-        self._ep = _Episode(task=task, max_year=task.year + self.config.date_slack_years)
+        index_of = self.resources.corpus.index_of
+        gold = frozenset(index_of[g] for g in task.gold_ids if g in index_of)
+        self._ep = _Episode(task=task, max_year=task.year + self.config.date_slack_years, gold=gold)
         self._obs = self._render()
         return self._obs, self._info(None)
 
@@ -269,7 +280,8 @@ class PaperSearchEnv(gym.Env[str, str]):
         assert ep is not None
         cfg = self.config
         ep.step += 1
-        ep.last_notes, ep.last_hits, ep.feedback = [], [], None
+        ep.last_notes, ep.last_hits, ep.last_select_score, ep.feedback = [], [], 0.0, None
+        gold_surfaced = len(ep.gold & ep.pool.keys())
         action = clean_action_text(action)
         parsed = parse_action(action, self.tools, allow_answer=False, max_tool_calls=cfg.max_tool_calls)
         if parsed.valid:
@@ -295,13 +307,10 @@ class PaperSearchEnv(gym.Env[str, str]):
         truncated = not finished and ep.step >= cfg.max_steps
         ep.done = terminated or truncated
         self._obs = self._render()
-        return (
-            self._obs,
-            float(reward),
-            terminated,
-            truncated,
-            self._info(parsed, valid=parsed.valid, final=ep.done),
-        )
+        info = self._info(parsed, valid=parsed.valid, final=ep.done)
+        if cfg.step_labels:
+            info["step_label"] = int(len(ep.gold & ep.pool.keys()) > gold_surfaced or ep.last_select_score > 0)
+        return self._obs, float(reward), terminated, truncated, info
 
     def render(self) -> str | None:
         """The current observation (``render_mode="ansi"``)."""
@@ -398,7 +407,9 @@ class PaperSearchEnv(gym.Env[str, str]):
         new = [i for i in known if i not in ep.selected]
         reward = 0.0
         if new:
-            reward += self.reward_fn(ep.task, [corpus.paper(i) for i in new])
+            score = self.reward_fn(ep.task, [corpus.paper(i) for i in new])
+            ep.last_select_score += score
+            reward += score
             ep.selected.extend(new)
         if unknown:
             reward -= self.config.unknown_id_penalty

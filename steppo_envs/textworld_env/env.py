@@ -39,7 +39,8 @@ class TextWorldConfig(EpisodeSettings):
     episode settings of :class:`~steppo_envs.textworld_env.episode.EpisodeSettings` (``max_steps``,
     ``budget_chars``, ``history_window``, ``history_result_chars``, ``max_command_chars``,
     ``invalid_penalty``, ``show_inventory``, ``show_admissible``, ``expert``, ``prompt_style``) plus the
-    game source fields below.
+    game source fields below and ``step_labels`` (ground-truth progress labels, see
+    :mod:`steppo_envs.textworld_env.episode`).
 
     With ``expert=True`` a game with no walkthrough and no recorded quest actions is planned from its
     own logic (:mod:`steppo_envs.textworld_env.planner`); one that cannot be planned is refused at
@@ -70,6 +71,13 @@ class TextWorldConfig(EpisodeSettings):
         "How reset picks a game: ``\"random\"`` (uniform from the env's RNG) or ``\"cycle\"``: reset with seed "
         "``s`` plays game ``s % pool_size``, so ``pool_size`` consecutive seeds play every game exactly once (for "
         "evaluation); ``options={\"task_index\": i}`` overrides both."))
+    step_labels: bool = Field(False, description=(
+        "Put a ground-truth progress label in ``info[\"step_label\"]`` each step: 1 iff the step shortened the "
+        "remaining plan (the length of a shortest winning command sequence, searched breadth-first over the "
+        "game's logic, is smaller after the step than before it; a winning step is 1), else 0 (an invalid "
+        "step that does not win is 0 without planning). When no plan is found the label is 0 and "
+        "``info[\"step_label_error\"]`` says why. Plans at reset and after each step that changes the game's "
+        "logic state (slower)."))
 
     @model_validator(mode="after")
     def _known_preset(self) -> Self:
@@ -116,6 +124,7 @@ class TextWorldEnv(gym.Env[str, str]):
         self._episode = GameEpisode(
             "steppo/TextWorld-v0", cfg, self.tools, prompts=(SYSTEM_PROMPT, COMPACT_SYSTEM_PROMPT),
             objective_fn=_objective, planner=plan_from_game_state,
+            step_labels=cfg.step_labels,
         )
         self._generated = False
         self._obs = ""

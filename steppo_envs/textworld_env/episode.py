@@ -12,12 +12,21 @@ Step rules (both envs):
   ``invalid_penalty``;
 * reward = the game's score increase at this step (dense), minus the penalty;
 * won or lost -> ``terminated``; otherwise the ``max_steps``-th step -> ``truncated``.
+
+Step labels (``step_labels=True``, TextWorld games): each step's ``info["step_label"]`` is 1 iff the
+step shortened the remaining plan, the length of a shortest winning command sequence
+(:func:`.planner.plan_length`), and 0 otherwise: a winning step is 1; an invalid step that does not
+win is 0 without planning; a step after which the game's logic state (:func:`.planner.logic_key`) is
+unchanged (``look``, ``examine ...``) is 0 without planning. The length is planned at reset and after
+each valid step that changed the logic state, and reused as the next step's "before" (after an
+invalid command that the game did act on, it is planned again before the next valid one). When no
+plan is found (the search gives up), the label is 0 and ``info["step_label_error"]`` says why.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -37,7 +46,7 @@ from steppo_envs.textworld_env.common import (
     read_command,
     render_state,
 )
-from steppo_envs.textworld_env.planner import Plan
+from steppo_envs.textworld_env.planner import Plan, PlanLength, logic_key, plan_length, progress_label
 from steppo_envs.tools import ToolSpec
 
 __all__ = ["GAME_INDEX_ALIAS", "EpisodeSettings", "GameEpisode", "PlannerFn", "StepResult"]
@@ -93,6 +102,8 @@ class StepResult:
     choice: CommandChoice | None
     valid: bool
     feedback: str | None
+    label: int | None = None
+    label_error: str | None = None
 
 
 def _as_float(value: Any, default: float) -> float:
@@ -110,7 +121,8 @@ class GameEpisode(Generic[S]):
     ``settings`` is the env's whole config (an :class:`EpisodeSettings`); ``prompts`` the full and the
     compact system prompt, each with a ``{max_steps}`` slot. ``planner`` (TextWorld games) computes
     winning commands from the game's logic when the engine's own expert has no plan and the game no
-    walkthrough; with ``expert=True`` a game it cannot plan is refused at reset.
+    walkthrough; with ``expert=True`` a game it cannot plan is refused at reset. ``step_labels`` turns on
+    the step labels of TextWorld games (``info["step_label"]``, see the module docstring).
     """
 
     def __init__(
@@ -124,6 +136,7 @@ class GameEpisode(Generic[S]):
         wrappers_fn: Callable[[], list[Any]] | None = None,
         inventory_infos: bool = True,
         planner: PlannerFn | None = None,
+        step_labels: bool = False,
     ) -> None:
         self.name = name
         self.settings: S = settings
@@ -132,6 +145,8 @@ class GameEpisode(Generic[S]):
         self._extra: dict[str, Any] = {}
         self._planner = planner
         self._planned_at = -1
+        self._step_labels = step_labels
+        self._remaining: tuple[Hashable, PlanLength] | None = None  # a logic state's key and its plan length
         self.tools = tuple(tools)
         self._objective_fn = objective_fn
         self._wrappers_fn = wrappers_fn or list
@@ -161,6 +176,7 @@ class GameEpisode(Generic[S]):
             max_score=True,
             moves=True,
             policy_commands=self.settings.expert,
+            intermediate_reward=self._step_labels,  # tracks quests: a completed sub-quest stays done
             extras=["walkthrough"],
         )
 
@@ -183,6 +199,7 @@ class GameEpisode(Generic[S]):
         walkthrough = self._state.get("extra.walkthrough")
         self.walkthrough = list(walkthrough) if isinstance(walkthrough, list | tuple) else []
         self._planned_at = -1
+        self._remaining = self._measure() if self._step_labels else None
         if self.settings.expert and self._planner is not None and not self._state.get("policy_commands") and not self.walkthrough:
             self._plan_first(path)
 
@@ -288,6 +305,10 @@ class GameEpisode(Generic[S]):
         parsed = result.choice.parsed if result.choice is not None else None
         extra = {"command": result.choice.command if result.choice is not None else None}
         info = self.info(parsed, result.valid, result.feedback, extra)
+        if result.label is not None:
+            info["step_label"] = result.label
+            if result.label_error is not None:
+                info["step_label_error"] = result.label_error
         return result.observation, result.reward, result.terminated, result.truncated, info
 
     def info(self, parsed: ParsedAction | None, valid: bool, feedback: str | None, extra: dict[str, Any]) -> dict[str, Any]:
@@ -337,6 +358,8 @@ class GameEpisode(Generic[S]):
             if admissible is not None and command not in {normalize(c) for c in admissible}:
                 valid = False
                 feedback = f"{command!r} is not one of the admissible commands; the game received it anyway."
+            if valid and self._step_labels and (self._remaining is None or self._remaining[0] != logic_key(self._state)):
+                self._remaining = self._measure()  # after an invalid command the game acted on
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # jericho's "not fully supported" on TextWorld's helper games
                 self._state, score, _ = self._engine.step(command)
@@ -352,4 +375,23 @@ class GameEpisode(Generic[S]):
         terminated = self.won or self.lost
         truncated = not terminated and self.step_count >= s.max_steps
         self.done = terminated or truncated
-        return StepResult(self.render(feedback), float(reward), terminated, truncated, choice, valid, feedback)
+        label, label_error = self._step_label(valid) if self._step_labels else (None, None)
+        return StepResult(self.render(feedback), float(reward), terminated, truncated, choice, valid, feedback, label, label_error)
+
+    def _measure(self) -> tuple[Hashable, PlanLength]:
+        """The current logic state's key and the length of a shortest winning plan from it."""
+        return logic_key(self._state), plan_length(self._state)
+
+    def _step_label(self, valid: bool) -> tuple[int, str | None]:
+        """This step's label and, when no plan was found, why (see the module docstring); keeps the
+        current state's plan length for the next step."""
+        if self.won:
+            return 1, None
+        if not valid or self.lost:
+            return 0, None  # an invalid command the game acted on is planned before the next valid one
+        assert self._remaining is not None  # planned before a valid command was sent
+        key, before = self._remaining
+        if key is not None and logic_key(self._state) == key:
+            return 0, None  # nothing changed (look, examine, ...)
+        self._remaining = self._measure()
+        return progress_label(before, self._remaining[1])
