@@ -1,6 +1,10 @@
 """The long-horizon section of ``docs/results.md`` and its plot, generated from the committed files of
 ``experiments/horizon.py`` alone (``results/horizon/``): the same files give byte-identical output.
 
+A training run is the unit of replication: the verdict reads the per-seed paired differences and their Student
+t-interval over seeds (:func:`per_seed_differences`, :func:`seed_t_interval`, :func:`seed_reading`); the paired
+bootstrap over held-out games (:func:`paired_difference`) is shown as a secondary view only.
+
     python experiments/horizon_report.py [--results results/horizon] [--multihop results/multihop] [--docs docs]
 """
 
@@ -8,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +26,8 @@ ORDER = ("steppo", "ppo", "grpo", "gigpo", "steppo-no-step-gae", "steppo-no-step
 LABELS = {"steppo": "StepPO", "ppo": "PPO", "grpo": "GRPO", "gigpo": "GiGPO",
           "steppo-no-step-gae": "StepPO w/o step-GAE", "steppo-no-step-is": "StepPO w/o step-IS"}
 PLOT = "img/horizon_heldout.png"
+CRITICS = ("steppo", "ppo", "steppo-no-step-gae", "steppo-no-step-is")  # the variants with a critic
+GROUPS = ("grpo", "gigpo")  # the critic-free group baselines
 
 
 def load_runs(results: Path) -> dict[str, dict[int, dict]]:
@@ -39,7 +47,8 @@ def final_games(record: dict) -> dict[str, float]:
 def paired_difference(a: dict[int, dict], b: dict[int, dict], samples: int = 10_000, seed: int = 0,
                       resample_seeds: bool = False, start: Callable[[dict], dict[str, float]] | None = None,
                       ) -> tuple[float, float, float, int]:
-    """Mean difference of held-out success ``a - b`` and its 95% paired bootstrap interval.
+    """Mean difference of held-out success ``a - b`` and its 95% paired bootstrap interval (the report's
+    secondary view: it covers which games were drawn, not the spread between training runs).
 
     Pairing is by game: for each held-out game ``g``, ``d_g = mean_s success_a(g, s) - mean_s
     success_b(g, s)`` over the seeds both variants finished (seeds pooled); the interval resamples
@@ -74,6 +83,96 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], samples: int = 10_
         means = d[picks].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(d.mean()), float(low), float(high), len(seeds)
+
+
+# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (scipy.stats.t.ppf(0.975, df) to 9 decimals;
+# scipy is not a dependency of this project). Larger df: the Cornish-Fisher expansion in :func:`t_quantile_975`.
+T_975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851,
+         2.364624252, 2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830,
+         2.160368656, 2.144786688, 2.131449546, 2.119905299, 2.109815578, 2.100922040,
+         2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
+         2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456)
+Z_975 = 1.959963984540054  # the standard normal's 0.975 quantile
+
+
+def t_quantile_975(df: int) -> float:
+    """``t_{0.975, df}``, the 0.975 quantile of Student's t with ``df`` degrees of freedom.
+
+    ``df <= 30``: the table :data:`T_975`. Above: the Cornish-Fisher expansion of t around the normal quantile
+    (Abramowitz & Stegun 26.7.5, terms up to ``df^-4``), within 4e-8 of the exact value for every ``df > 30``."""
+    if df < 1:
+        raise ValueError(f"a t quantile needs df >= 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z, n = Z_975, float(df)
+    return (z + (z**3 + z) / (4 * n) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * n**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * n**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * n**4))
+
+
+@dataclass(frozen=True)
+class SeedInterval:
+    """Per-seed paired differences and their two-sided 95% Student t-interval over seeds.
+
+    ``low`` / ``high`` / ``sd`` are None with fewer than 2 seeds (no interval)."""
+
+    values: tuple[float, ...]
+    mean: float
+    sd: float | None
+    low: float | None
+    high: float | None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+def seed_t_interval(values: Sequence[float]) -> SeedInterval:
+    """``mean ± t_{0.975, n-1} · sd / sqrt(n)`` over the per-seed values, ``sd`` with ``n - 1``.
+
+    A training run is the unit of replication: each value is one seed's difference, so ``n`` is the number of
+    seeds. ``n < 2``: no interval; ``n = 0``: mean nan."""
+    vals = tuple(float(v) for v in values)
+    if not vals:
+        return SeedInterval((), float("nan"), None, None, None)
+    mean = math.fsum(vals) / len(vals)
+    if len(vals) < 2:
+        return SeedInterval(vals, mean, None, None, None)
+    sd = statistics.stdev(vals)
+    half = t_quantile_975(len(vals) - 1) * sd / math.sqrt(len(vals))
+    return SeedInterval(vals, mean, sd, mean - half, mean + half)
+
+
+NOT_SEPARATED = "not separated at this budget"
+
+
+def seed_reading(interval: SeedInterval) -> str:
+    """``"win"`` / ``"loss"`` only when the per-seed t-interval excludes 0 (above / below it);
+    ``"not separated at this budget"`` when it contains 0; ``"n/a (one seed: no interval)"`` without one."""
+    if interval.low is None or interval.high is None:
+        return "n/a (one seed: no interval)"
+    return "win" if interval.low > 0 else "loss" if interval.high < 0 else NOT_SEPARATED
+
+
+def per_seed_differences(a: dict[int, dict], b: dict[int, dict],
+                         start: Callable[[dict], dict[str, float]] | None = None) -> dict[int, float]:
+    """Seed -> held-out success of ``a``'s run minus ``b``'s, for every seed both finished.
+
+    A run's success is the mean over the held-out games at its last evaluation (the games both runs of the seed
+    evaluated: all of them when both used the same eval set). With ``start`` (a run -> the per-game outcome of its
+    warm start) each run's change from its own warm start is compared instead, as in :func:`paired_difference`."""
+    out: dict[int, float] = {}
+    for s in sorted(set(a) & set(b)):
+        ga, gb = final_games(a[s]), final_games(b[s])
+        games = sorted(set(ga) & set(gb), key=int)
+        if not games:
+            continue
+        d = [ga[g] - gb[g] for g in games]
+        if start is not None:
+            sa, sb = start(a[s]), start(b[s])
+            d = [x - (sa[g] - sb[g]) for x, g in zip(d, games, strict=True)]
+        out[s] = math.fsum(d) / len(d)
+    return out
 
 
 def _mean(games: dict[str, float]) -> float:
@@ -161,56 +260,295 @@ def _paper_table(runs: dict[str, dict[int, dict]], warm: dict, mh_warm: dict | N
     return lines
 
 
-def _reading(subject: str, low: float, high: float) -> str:
-    """A difference's reading from its 95% interval ``[low, high]``: a win or loss only when it excludes 0."""
-    return f"{subject} wins" if low > 0 else f"{subject} loses" if high < 0 else "tie (the interval contains 0)"
+def _games_reading(low: float, high: float) -> str:
+    """One seed's games interval (a repeat against a run of its CPU): where it lies, never a win or a loss,
+    which only the per-seed interval over several seeds can give (:func:`seed_reading`)."""
+    where = "above 0" if low > 0 else "below 0" if high < 0 else "contains 0"
+    return f"games interval {where} (one seed: no verdict)"
+
+
+def _interval(iv: SeedInterval) -> str:
+    return "n/a" if iv.low is None or iv.high is None else f"[{iv.low:+.3f}, {iv.high:+.3f}]"
+
+
+def _pair_reading(subject: str, iv: SeedInterval) -> str:
+    reading = seed_reading(iv)
+    return f"{reading} for {subject}" if reading in ("win", "loss") else reading
+
+
+def _pairs(runs: dict[str, dict[int, dict]]) -> list[tuple[str, str]]:
+    """StepPO against every other variant, then each other critic variant against each group baseline; only
+    pairs with a seed both finished."""
+    pairs = [("steppo", o) for o in ORDER[1:]] + [(c, g) for c in CRITICS[1:] for g in GROUPS]
+    return [(a, b) for a, b in pairs if set(runs.get(a, {})) & set(runs.get(b, {}))]
 
 
 def _verdict(runs: dict[str, dict[int, dict]], planned_seeds: int = 1,
              start: Callable[[dict], dict[str, float]] | None = None) -> list[str]:
-    """StepPO minus each other variant: mean, the paired bootstrap interval over games (seeds pooled) and,
-    with several seeds, the interval that resamples the seeds too; with ``start``, the same difference of
-    each run's change from its own warm start; a reading, marked provisional while fewer than
-    ``planned_seeds`` seeds of the pair have finished."""
+    """The verdict from the per-seed paired differences (primary: :func:`per_seed_differences`,
+    :func:`seed_t_interval`, :func:`seed_reading`), marked provisional while fewer than ``planned_seeds`` seeds of
+    a pair have finished; with ``start``, the same for each run's change from its own warm start. Then the paired
+    bootstrap over games (secondary, :func:`paired_difference`), never read as a verdict."""
     if "steppo" not in runs:
         return ["No StepPO run has finished yet: no verdict."]
+    pairs = _pairs(runs)
+    if not pairs:
+        return ["Only StepPO has finished: nothing to compare it with yet."]
+    seeds = sorted({s for a, b in pairs for s in set(runs[a]) & set(runs[b])})
+    n_max = max(len(set(runs[a]) & set(runs[b])) for a, b in pairs)
+    t_note = f"; with {n_max} seeds t_0.975,{n_max - 1} = {t_quantile_975(n_max - 1):.3f}" if n_max > 1 else ""
+    lines = ["The unit of replication is a training run. For each seed both variants finished, the difference of "
+             "their held-out success at the last evaluation (each run's mean over the held-out games); the interval is "
+             f"a two-sided 95% Student t-interval over those per-seed differences, mean ± t_0.975,n−1 · sd / √n (sd with "
+             f"n − 1{t_note}). A difference is called a win or a loss only when this interval excludes 0; otherwise it is "
+             f"*{NOT_SEPARATED}*. One seed gives no interval.", "",
+             "| difference (primary: per seed) | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean | 95% t-interval over seeds |"
+             + (" change from each run's own warm start: mean [t-interval] |" if start else "") + " seeds | reading |",
+             "|---|" + "---|" * len(seeds) + "---|---|" + ("---|" if start else "") + "---|---|"]
+    intervals: dict[tuple[str, str], SeedInterval] = {}
+    for a, b in pairs:
+        per = per_seed_differences(runs[a], runs[b])
+        iv = intervals[a, b] = seed_t_interval([per[s] for s in sorted(per)])
+        reading = _pair_reading(LABELS[a], iv)
+        change = ""
+        if start:
+            c = seed_t_interval(list(per_seed_differences(runs[a], runs[b], start).values()))
+            change = f" {c.mean:+.3f} {_interval(c)} |"
+            if seed_reading(c) != seed_reading(iv):
+                reading += f"; the change from its own warm start: {_pair_reading(LABELS[a], c)}"
+        if iv.n < planned_seeds:
+            reading += f" (provisional: {iv.n} of {planned_seeds} seeds)"
+        cells = " | ".join(f"{per[s]:+.2f}" if s in per else "-" for s in seeds)
+        lines.append(f"| {LABELS[a]} − {LABELS[b]} | {cells} | {iv.mean:+.3f} | {_interval(iv)} |{change} {iv.n} | {reading} |")
+    lines += ["", *_verdict_lines(intervals), "", *_secondary(runs, planned_seeds, start)]
+    return lines
+
+
+def _verdict_lines(intervals: dict[tuple[str, str], SeedInterval]) -> list[str]:
+    """The verdict in words, from the per-seed intervals alone."""
+    measured = {p: iv for p, iv in intervals.items() if iv.low is not None}
+    if not measured:
+        return ["**No verdict:** no pair has two seeds, so no difference has an interval."]
+    separated = [f"{LABELS[a]} − {LABELS[b]} ({_pair_reading(LABELS[a], iv)})" for (a, b), iv in measured.items()
+                 if seed_reading(iv) != NOT_SEPARATED]
+    out = [f"**Separated at this budget:** {', '.join(separated)}; every other interval contains 0. With "
+           f"{len(measured)} intervals at 95% each, {0.05 * len(measured):.2f} of them are expected to exclude 0 by chance "
+           "alone even if no pair differed." if separated else
+           "**No difference is separated at this budget:** every per-seed interval contains 0."]
+    against_groups = {p: iv for p, iv in intervals.items() if p[0] in CRITICS and p[1] in GROUPS}
+    if against_groups and all(iv.low is not None for iv in against_groups.values()):
+        above = [f"{LABELS[a]} − {LABELS[b]}" for (a, b), iv in against_groups.items() if seed_reading(iv) == "win"]
+        names = " and ".join(LABELS[g] for g in GROUPS if any(p[1] == g for p in against_groups))
+        claim = (f"no critic variant beats the group baselines** ({names}) here: no interval of a critic variant minus "
+                 "a group baseline lies above 0.")
+        out.append(f"Critic variants above a group baseline: {', '.join(above)}." if above else
+                   f"What holds up is only that **{claim}" if not separated else f"**No{claim[2:]}")
+    same = intervals.get(("steppo", "steppo-no-step-is"))
+    ppo = intervals.get(("steppo", "ppo"))
+    if same is not None and ppo is not None and same.sd is not None and ppo.sd is not None:
+        def values(iv: SeedInterval) -> str:
+            return ", ".join(f"{v:+.2f}" for v in iv.values)
+
+        out.append(f"StepPO and StepPO w/o step-IS have the same gradient at ratio 1 when every step has the same length "
+                   f"(`tests/test_ablations.py`), yet differ per seed by {values(same)} (sd {same.sd:.3f}); StepPO − PPO "
+                   f"differs by {values(ppo)} (sd {ppo.sd:.3f}).")
+    return [line for item in out for line in (item, "")][:-1]
+
+
+def _secondary(runs: dict[str, dict[int, dict]], planned_seeds: int,
+               start: Callable[[dict], dict[str, float]] | None) -> list[str]:
+    """StepPO minus each other variant by the paired bootstrap over held-out games (seeds pooled), with several
+    planned seeds also resampling the seeds; with ``start``, each run's change from its own warm start. For
+    comparison only: it reads nothing."""
     several = planned_seeds > 1
-    lines = ["| difference | mean | 95% paired bootstrap interval (games) |"
-             + (" 95% interval, seeds resampled too |" if several else "")
-             + (" change from each run's own warm start: mean [games interval] |" if start else "") + " seeds | reading |",
-             "|---|---|---|" + ("---|" if several else "") + ("---|" if start else "") + "---|---|"]
-    for other in ORDER[1:]:
-        if other not in runs:
-            continue
-        mean, low, high, n = paired_difference(runs["steppo"], runs[other])
-        if n == 0:
-            continue
-        reading = _reading("StepPO", low, high)
-        both = ""
+    others = [o for o in ORDER[1:] if o in runs]
+    rows = [(o, paired_difference(runs["steppo"], runs[o])) for o in others]
+    rows = [(o, r) for o, r in rows if r[3] > 0]
+    if not rows:
+        return []
+    n = max(r[3] for _, r in rows)
+    draws = math.comb(2 * n - 1, n)  # multisets of n seeds drawn from n
+    lines = ["Secondary, for comparison only (not read as a verdict): the paired bootstrap over held-out games, pairing "
+             "by game and pooling the seeds. It covers only which games were drawn, not the spread between training runs"
+             + (f"; resampling the {n} seeds too allows only {draws} distinct seed draws." if several else "."),
+             "", "| difference | mean | secondary: 95% paired bootstrap interval (games, seeds pooled) |"
+             + (f" secondary: games and seeds resampled ({draws} distinct seed draws) |" if several else "")
+             + (" secondary: change from each run's own warm start, mean [games interval] |" if start else "") + " seeds |",
+             "|---|---|---|" + ("---|" if several else "") + ("---|" if start else "") + "---|"]
+    for other, (mean, low, high, n) in rows:
+        cells = ""
         if several:
             _, s_low, s_high, _ = paired_difference(runs["steppo"], runs[other], resample_seeds=True)
-            both = f" [{s_low:+.3f}, {s_high:+.3f}] |"
-            if (low > 0 or high < 0) and s_low <= 0 <= s_high:
-                reading += " on these games, within the spread between seeds"
-            if n < planned_seeds:
-                reading += f" (provisional: {n} of {planned_seeds} seeds)"
+            cells += f" [{s_low:+.3f}, {s_high:+.3f}] |"
         if start:
             c_mean, c_low, c_high, _ = paired_difference(runs["steppo"], runs[other], start=start)
-            both += f" {c_mean:+.3f} [{c_low:+.3f}, {c_high:+.3f}] |"
-        lines.append(f"| StepPO − {LABELS[other]} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |{both} {n} | {reading} |")
-    if len(lines) == 2:
-        return ["Only StepPO has finished: nothing to compare it with yet."]
-    if several:
-        lines += ["", "The games interval is the one the design asks for: it only covers which held-out games were drawn. "
-                  "Runs from the same warm start can still differ widely from seed to seed, which only the second interval "
-                  "covers (with one seed it equals the first; with three it is coarse). A win or loss is read without "
-                  "qualification only when both intervals exclude 0."]
+            cells += f" {c_mean:+.3f} [{c_low:+.3f}, {c_high:+.3f}] |"
+        lines.append(f"| StepPO − {LABELS[other]} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |{cells} {n} |")
     if start:
         lines += ["", "Two runs of one seed begin from the same warm start only when they ran on CPUs of one kind (the "
-                  "rebuilt warm starts differ by CPU, table below). The change column compares how far each run moved from "
-                  "its own warm start; where it agrees with the plain difference, the warm starts' difference does not "
+                  "rebuilt warm starts differ by CPU, table below). The change columns compare how far each run moved from "
+                  "its own warm start; where they agree with the plain difference, the warm starts' difference does not "
                   "drive the result."]
     return lines
+
+
+EV_BEFORE, EV_AFTER = "critic/explained_variance_before", "critic/explained_variance_after"
+
+
+def step_return_stats(metrics: dict, max_steps: int) -> tuple[float, float] | None:
+    """Mean and (population) variance over one batch's steps of the step return ``G`` (the return-to-go),
+    from the logged rollout counts; None where they do not determine it.
+
+    Valid where every episode's return is 0 or 1 (``charts/return_mean == charts/success_rate``), the reward
+    comes only at the end (coin_collector: 1 for taking the coin), gamma = 1, a truncated episode is bootstrapped
+    with 0 (``truncated_bootstrap="zero"``) and every episode either won or ran to the step limit
+    (``success_rate + truncated_rate == 1``). Then ``G`` of a step is its episode's return, and the share of
+    steps with ``G = 1`` is ``p = (steps - max_steps * truncated episodes) / steps``: mean ``p``, variance
+    ``p (1 - p)``."""
+    keys = ("charts/episodes", "charts/success_rate", "charts/return_mean", "rollout/truncated_rate", "rollout/steps")
+    if any(k not in metrics for k in keys):
+        return None
+    episodes, steps = metrics["charts/episodes"], metrics["rollout/steps"]
+    won, truncated = metrics["charts/success_rate"] * episodes, metrics["rollout/truncated_rate"] * episodes
+    if steps <= 0 or abs(won + truncated - episodes) > 1e-6 or abs(metrics["charts/return_mean"] - metrics["charts/success_rate"]) > 1e-9:
+        return None
+    p = (steps - max_steps * round(truncated)) / steps
+    return p, p * (1.0 - p)
+
+
+@dataclass(frozen=True)
+class CriticFit:
+    """One iteration's explained variance of the critic, ``1 - MSE / Var(G)`` over the batch's steps.
+
+    ``before`` / ``after``: logged by the trainer (the critic before and after the update), exact.
+    ``estimate``: from the value loss where they were not logged (:func:`critic_fit`), and ``upper_bound``: an
+    exact upper bound on the explained variance before the update (step critics, from their mean value)."""
+
+    before: float | None = None
+    after: float | None = None
+    estimate: float | None = None
+    upper_bound: float | None = None
+
+    @property
+    def value(self) -> float:
+        """The figure reported: the logged value before the update where there is one, else the estimate."""
+        v = self.before if self.before is not None else self.after if self.after is not None else self.estimate
+        assert v is not None
+        return v
+
+
+def critic_fit(metrics: dict, max_steps: int) -> CriticFit | None:
+    """The critic's explained variance in one iteration's metrics; None where no critic or no spread in ``G``.
+
+    Prefers ``critic/explained_variance_before`` / ``_after`` (logged by newer trainers). Without them:
+    ``1 - 2 * losses/value / Var(G)`` with ``Var(G)`` from :func:`step_return_stats`. ``losses/value`` is
+    ``0.5 * mean max((V - G)^2, (clip(V, V_old ± value_clip) - G)^2)`` over each minibatch's steps (token critics:
+    action tokens), averaged over the iteration's minibatches (one epoch: the first minibatch sees the critic
+    that produced the advantages, later ones a critic one or more optimizer steps on), so it is an estimate, not
+    a bound: clipping can raise it above the plain squared error, the updates within the iteration lower it.
+    ``upper_bound`` (where ``charts/value_mean``, the mean step value before the update, is logged) is exact:
+    ``MSE >= (mean V - mean G)^2``, so the explained variance before the update is at most
+    ``1 - (mean V - mean G)^2 / Var(G)``."""
+    if EV_BEFORE in metrics or EV_AFTER in metrics:
+        return CriticFit(before=metrics.get(EV_BEFORE), after=metrics.get(EV_AFTER))
+    stats = step_return_stats(metrics, max_steps)
+    if "losses/value" not in metrics or stats is None or stats[1] <= 0:
+        return None
+    mean_g, var = stats
+    bound = 1.0 - (metrics["charts/value_mean"] - mean_g) ** 2 / var if "charts/value_mean" in metrics else None
+    return CriticFit(estimate=1.0 - 2.0 * metrics["losses/value"] / var, upper_bound=bound)
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _critic_table(runs: dict[str, dict[int, dict]], max_steps: int) -> tuple[list[str], dict[str, list[CriticFit]]]:
+    """One row per critic run: its explained variance (median over iterations), the exact upper bound where
+    there is one and the share of value entries clipped in iteration 0; and each variant's fits, all iterations."""
+    lines = ["| critic run | iterations with an explained variance | explained variance, median over them "
+             "| exact upper bound before the update, median | value entries clipped in iteration 0 |",
+             "|---|---|---|---|---|"]
+    pooled: dict[str, list[CriticFit]] = {}
+    for v in CRITICS:
+        for s in sorted(runs.get(v, {})):
+            metrics = runs[v][s]["metrics"]
+            fits = [f for f in (critic_fit(m, max_steps) for m in metrics) if f is not None]
+            if not fits:
+                continue
+            pooled.setdefault(v, []).extend(fits)
+            befores = [f.before for f in fits if f.before is not None]
+            afters = [f.after for f in fits if f.after is not None]
+            if befores or afters:
+                cell = ", ".join(([f"{_median(befores):+.2f} before"] if befores else [])
+                                 + ([f"{_median(afters):+.2f} after the update"] if afters else [])) + " (logged)"
+            else:
+                cell = f"{_median([f.value for f in fits]):+.2f} (estimate)"
+            bounds = [f.upper_bound for f in fits if f.upper_bound is not None]
+            first = next((m for m in metrics if m.get("iteration") == 0), None)
+            clipped = f"{100 * first['losses/value_clip_fraction']:.0f}%" if first and "losses/value_clip_fraction" in first else "-"
+            lines.append(f"| {LABELS[v]} seed {s} | {len(fits)} of {len(metrics)} | {cell} | "
+                         f"{f'{_median(bounds):+.2f}' if bounds else '-'} | {clipped} |")
+    return lines, pooled
+
+
+def _cannot_show(runs: dict[str, dict[int, dict]], max_steps: int) -> list[str]:
+    """What these runs cannot show, with the figures computed from the run files: the critics' fit, the
+    reward-free batches that unfloored whitening turns into full-size updates, and the one-token decisions."""
+    table, pooled = _critic_table(runs, max_steps)
+    if not pooled:
+        return []
+    logged = any(f.estimate is None for fits in pooled.values() for f in fits)
+    estimated = any(f.estimate is not None for fits in pooled.values() for f in fits)
+    medians = ", ".join(f"{LABELS[v]} {_median([f.value for f in fits]):+.2f}" for v, fits in pooled.items())
+    clips = [m["losses/value_clip_fraction"] for v in CRITICS for r in runs.get(v, {}).values() for m in r["metrics"]
+             if m.get("iteration") == 0 and "losses/value_clip_fraction" in m]
+    best = max(_median([f.value for f in fits]) for fits in pooled.values())
+    lead, tail = (("**No critic learned.** ", ", below 0 for every variant: in most iterations the critic's squared "
+                   "error exceeded the variance of the returns it predicts.") if best < 0 else
+                  ("**No critic learned much.** ", ": none reaches 0.2.") if best < 0.2 else ("**The critics' fit.** ", "."))
+    out = ["### What these runs cannot show", "",
+           f"{lead}The critic's explained variance, 1 − MSE / Var(G) over a batch's steps (G the step return; 0 = no "
+           "better than predicting the batch's mean return, 1 = exact), has a median over all iterations of each "
+           f"variant's runs of {medians}{tail}"
+           + (f" The value heads start far off: value_clip 0.2 clips {100 * min(clips):.0f}-{100 * max(clips):.0f}% of "
+              "the value entries in iteration 0." if clips else ""), "", *table, ""]
+    if estimated:
+        out += ["These runs did not log the explained variance, so it is estimated per iteration as 1 − 2 · "
+                "`losses/value` / Var(G). `losses/value` is half the clipped squared error, max((V − G)², "
+                "(clip(V, V_old ± 0.2) − G)²), averaged over each minibatch's steps (over action tokens for the token "
+                "critics of PPO and w/o step-GAE) and then over the iteration's minibatches; with one epoch the first "
+                "minibatch sees the critic that produced the advantages, later ones a critic one or more optimizer steps "
+                "on. The estimate is therefore neither an upper nor a lower bound: clipping can raise the loss above the "
+                "plain squared error, the updates within the iteration lower it. G is 0 or 1 here (γ = λ = 1, reward 1 "
+                "only for taking the coin, truncated episodes bootstrapped with 0), so Var(G) = p(1 − p), p the share of "
+                f"the batch's steps in won episodes: (`rollout/steps` − {max_steps} × truncated episodes) / "
+                "`rollout/steps` (every lost episode ran to the step limit); token critics are given the steps' "
+                "variance (tokens per step below). The exact upper bound uses the step critics' mean value before the "
+                "update (`charts/value_mean`): MSE ≥ (mean V − mean G)². Iterations whose returns are all equal have no "
+                "explained variance and are left out.", ""]
+    if logged:
+        out += ["Where a run logged `critic/explained_variance_before` / `critic/explained_variance_after` (the critic "
+                "before and after the update, over the batch's steps or tokens), those are reported as they are.", ""]
+    flat = {v: sum(1 for r in runs[v].values() for m in r["metrics"] if m.get("charts/success_rate") in (0.0, 1.0))
+            for v in CRITICS if v in runs}
+    total = {v: sum(len(r["metrics"]) for r in runs[v].values()) for v in flat}
+    out += ["**No whitening floor.** These runs whitened the critic variants' advantages over the batch without a "
+            "floor. In a batch whose returns are all equal (no episode won, or all did) the advantages are the critic's "
+            "errors alone, and whitening scales them to a full-size update. Such iterations: "
+            + ", ".join(f"{LABELS[v]} {flat[v]} of {total[v]}" for v in flat)
+            + ". The group baselines give such a batch zero advantage.", ""]
+    per_step = [m["rollout/response_tokens"] / m["rollout/steps"] for per in runs.values() for r in per.values()
+                for m in r["metrics"] if m.get("rollout/steps")]
+    if per_step:
+        low, high = f"{min(per_step):.2f}", f"{max(per_step):.2f}"
+        out += [f"**One-token decisions, γ = λ = 1.** A response has {low if low == high else f'{low}-{high}'} tokens per "
+                "step on average (every iteration of every run): a 6-token command such as `Act[go west]` whose decision "
+                "is one sampled token, the direction. With γ = λ = 1 and the only reward at the end, step GAE and token "
+                "GAE both give the return minus the critic's value, and step and token ratios have the same gradient at "
+                "ratio 1, so this task cannot show step-level credit assignment.", ""]
+    return out + ["The experiment is being redone (issue 37): critic fixes, a credit-assignment benchmark, ≥ 5 seeds."]
 
 
 def _machines(results: Path, runs: dict[str, dict[int, dict]], warm: dict) -> list[str]:
@@ -269,7 +607,7 @@ def _repeats(repeats: list[dict], runs: dict[str, dict[int, dict]]) -> list[str]
         for r, o, other in pairs:
             mean, low, high, _ = paired_difference({0: r}, {0: other})
             lines.append(f"| {LABELS[r['variant']]} − {LABELS[o]}, seed {r['seed']} | {mean:+.3f} "
-                         f"| [{low:+.3f}, {high:+.3f}] | {_reading(LABELS[r['variant']], low, high)} |")
+                         f"| [{low:+.3f}, {high:+.3f}] | {_games_reading(low, high)} |")
     return [*lines, "", "```", *[r["command"] for r in repeats], "```", ""]
 
 
@@ -410,14 +748,16 @@ def render(results: Path, multihop: Path | None = None) -> tuple[str, dict[str, 
             "Each seed's cell: held-out success at the last evaluation, then (in brackets) the held-out games it wins "
             "that its warm start lost and those it loses that its warm start won: how far the policy moved, "
             "which the net success hides. A run's warm start is the one rebuilt on its CPU (table below).", "",
-            *_table(runs, seeds, task, starts(results, warm)), "", "Paired differences at the last held-out evaluation (pairing by game, seeds pooled):", "",
-            *_verdict(runs, len(seeds), starts(results, warm)), "", *_machines(results, runs, warm), "",
-            *_repeats(load_repeats(results), runs)]
+            *_table(runs, seeds, task, starts(results, warm)), ""]
     if runs:
         out += [f"![held-out success over iterations]({PLOT})", ""]
-    out += ["Command lines (warm start, then every finished run):", "", "```"]
+    cannot = _cannot_show(runs, env["max_steps"])
+    out += ["### Verdict: per-seed paired differences", "", *_verdict(runs, len(seeds), starts(results, warm)), "",
+            *([*cannot, ""] if cannot else []), "### CPUs, warm starts and command lines", "",
+            *_machines(results, runs, warm), "", "Command lines (warm start, then every finished run):", "", "```"]
     out += warm["commands"] + [runs[v][s]["command"] for v in ORDER for s in sorted(runs.get(v, {}))]
-    out += ["```", "", *_multihop_section(mh_exp, mh_warm, mh_runs), "", END]
+    out += ["```", "", *_repeats(load_repeats(results), runs)]
+    out += [*_multihop_section(mh_exp, mh_warm, mh_runs), "", END]
     return "\n".join(out) + "\n", runs
 
 

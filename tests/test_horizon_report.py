@@ -1,4 +1,5 @@
-"""Issue 14's report: paired bootstrap on hand-built outcomes; the committed page regenerates identically."""
+"""Issue 14's and 37's report: per-seed t-intervals, the paired bootstrap and the critics' explained variance on
+hand-built outcomes; the committed page regenerates identically."""
 
 from __future__ import annotations
 
@@ -57,18 +58,122 @@ def test_resampling_seeds_widens_the_interval_by_the_seed_to_seed_spread() -> No
     assert report.paired_difference(one_a, one_b, resample_seeds=True)[1:] == report.paired_difference(one_a, one_b)[1:]
 
 
-def test_verdict_qualifies_a_loss_that_the_seed_spread_covers() -> None:
+def test_t_interval_over_seeds_by_hand() -> None:
+    report = _report()
+    # StepPO − PPO per seed on coin_collector L10: mean -17/150, sd^2 = (0.0866..^2 + 0.0166..^2 + 0.1033..^2) / 2
+    # = 277/30000, t_0.975,2 = 4.30265273; half width = t * sqrt(277/30000) / sqrt(3) = 0.2387014
+    iv = report.seed_t_interval([-0.20, -0.13, -0.01])
+    assert iv.values == (-0.20, -0.13, -0.01) and iv.n == 3
+    assert iv.mean == pytest.approx(-0.1133333333, abs=1e-9)
+    assert iv.sd == pytest.approx(0.0960902354, abs=1e-9)
+    assert iv.low == pytest.approx(-0.3520347108, abs=1e-9)
+    assert iv.high == pytest.approx(0.1253680441, abs=1e-9)
+    same = report.seed_t_interval([-1.0, -1.0, -1.0])  # no spread: the interval is the point
+    assert (same.mean, same.sd, same.low, same.high) == (-1.0, 0.0, -1.0, -1.0)
+    two = report.seed_t_interval([0.1, 0.3])  # mean 0.2, sd 0.1414214, t_0.975,1 = 12.7062047: half 1.2706205
+    assert (two.low, two.high) == (pytest.approx(-1.0706205, abs=1e-7), pytest.approx(1.4706205, abs=1e-7))
+    one = report.seed_t_interval([0.25])
+    assert (one.mean, one.sd, one.low, one.high, one.n) == (0.25, None, None, None, 1)
+    assert report.seed_t_interval([]).n == 0
+
+
+def test_t_quantiles_table_and_expansion() -> None:
+    report = _report()
+    assert report.t_quantile_975(1) == 12.706204736
+    assert report.t_quantile_975(2) == pytest.approx(4.30265272974946, abs=1e-9)
+    assert report.t_quantile_975(4) == pytest.approx(2.7764451051977934, abs=1e-9)
+    assert report.t_quantile_975(30) == pytest.approx(2.0422724563012378, abs=1e-9)
+    # above the table: the Cornish-Fisher expansion (scipy.stats.t.ppf(0.975, df) for reference)
+    assert report.t_quantile_975(31) == pytest.approx(2.039513446396408, abs=1e-7)
+    assert report.t_quantile_975(60) == pytest.approx(2.0002978220142604, abs=1e-8)
+    assert report.t_quantile_975(10_000) == pytest.approx(1.96020126, abs=1e-7)
+    with pytest.raises(ValueError):
+        report.t_quantile_975(0)
+
+
+def test_a_difference_is_a_win_or_loss_only_when_the_seed_interval_excludes_0() -> None:
+    report = _report()
+    interval = report.SeedInterval
+    assert report.seed_reading(interval((0.1, 0.2, 0.3), 0.2, 0.1, 0.0516, 0.3484)) == "win"
+    assert report.seed_reading(interval((-1.0,) * 3, -1.0, 0.0, -1.0, -1.0)) == "loss"
+    assert report.seed_reading(report.seed_t_interval([-0.20, -0.13, -0.01])) == "not separated at this budget"
+    assert report.seed_reading(interval((0.0, 0.2), 0.1, 0.14, 0.0, 1.37)) == "not separated at this budget"  # 0 on the edge
+    assert report.seed_reading(report.seed_t_interval([-0.5])) == "n/a (one seed: no interval)"
+
+
+def test_per_seed_differences_compare_each_seeds_runs_and_their_changes() -> None:
+    report = _report()
+    a = {0: _run({"1": 1.0, "2": 1.0, "3": 0.0, "4": 0.0}), 1: _run({"1": 1.0, "2": 0.0, "3": 0.0, "4": 0.0}),
+         2: _run({"1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0})}
+    b = {0: _run({"1": 0.0, "2": 1.0, "3": 0.0, "4": 0.0}), 1: _run({"1": 1.0, "2": 1.0, "3": 1.0, "4": 0.0})}
+    assert report.per_seed_differences(a, b) == {0: 0.25, 1: -0.5}  # seed 2 has no partner
+    start = {id(a[0]): {"1": 1.0, "2": 0.0, "3": 0.0, "4": 0.0}}  # a's seed-0 warm start had game 1 already
+    zero = dict.fromkeys(("1", "2", "3", "4"), 0.0)
+    assert report.per_seed_differences(a, b, start=lambda r: start.get(id(r), zero)) == {0: 0.0, 1: -0.5}
+
+
+def test_verdict_reads_the_seed_interval_and_keeps_the_game_bootstrap_secondary() -> None:
     report = _report()
     games = [str(g) for g in range(1, 21)]
     up, down = _run(dict.fromkeys(games, 1.0)), _run(dict.fromkeys(games, 0.0))
-    # seeds 0 and 1 tie, seed 2 loses every game: -1/3 over games, but seeds drawn as (0, 0, 1) give 0
+    # seeds 0 and 1 tie, seed 2 loses every game: the games bootstrap gives -1/3 [-1/3, -1/3], yet over seeds
+    # mean -1/3, sd sqrt(1/3), half width t_0.975,2 / 3 = 1.4342176: not separated
     runs = {"steppo": {0: up, 1: up, 2: down}, "ppo": {0: up, 1: up, 2: up}}
     lines = report._verdict(runs, planned_seeds=3)
-    assert "| StepPO − PPO | -0.333 | [-0.333, -0.333] | [-1.000, +0.000] | 3 | StepPO loses on these games, within the spread between seeds |" in lines
-    runs["steppo"] = {0: down, 1: down, 2: down}  # every seed loses: both intervals exclude 0
-    assert "| StepPO − PPO | -1.000 | [-1.000, -1.000] | [-1.000, -1.000] | 3 | StepPO loses |" in report._verdict(runs, 3)
+    assert "| StepPO − PPO | +0.00 | +0.00 | -1.00 | -0.333 | [-1.768, +1.101] | 3 | not separated at this budget |" in lines
+    assert "| StepPO − PPO | -0.333 | [-0.333, -0.333] | [-1.000, +0.000] | 3 |" in lines  # secondary: no reading
+    assert "**No difference is separated at this budget:** every per-seed interval contains 0." in lines
+    assert not any("loses" in line or "| loss" in line for line in lines)
+    runs["steppo"] = {0: down, 1: down, 2: down}  # every seed loses every game: the seed interval excludes 0
+    lines = report._verdict(runs, 3)
+    assert "| StepPO − PPO | -1.00 | -1.00 | -1.00 | -1.000 | [-1.000, -1.000] | 3 | loss for StepPO |" in lines
+    assert any(line.startswith("**Separated at this budget:** StepPO − PPO (loss for StepPO)") for line in lines)
     one = report._verdict({"steppo": {0: down}, "ppo": {0: up}}, planned_seeds=3)
-    assert one[2].endswith("| 1 | StepPO loses (provisional: 1 of 3 seeds) |")
+    row = next(line for line in one if line.startswith("| StepPO − PPO | -1.00 |"))
+    assert row.endswith("| n/a | 1 | n/a (one seed: no interval) (provisional: 1 of 3 seeds) |")
+    # critic variants against the group baselines
+    runs = {"steppo": {0: up, 1: up}, "ppo": {0: up, 1: down}, "grpo": {0: up, 1: up}}
+    lines = report._verdict(runs, 2)
+    assert any(line.startswith("| PPO − GRPO | +0.00 | -1.00 | -0.500 |") for line in lines)
+    assert "What holds up is only that **no critic variant beats the group baselines** (GRPO) here: no interval of a critic variant minus a group baseline lies above 0." in lines
+
+
+def _metrics(**values: float) -> dict:
+    base = {"iteration": 0, "charts/episodes": 4.0, "charts/success_rate": 0.5, "charts/return_mean": 0.5,
+            "rollout/truncated_rate": 0.5, "rollout/steps": 40.0, "rollout/response_tokens": 240.0}
+    return {**base, **values}
+
+
+def test_critic_explained_variance_from_the_value_loss_or_logged() -> None:
+    report = _report()
+    # 4 episodes, 2 won, 2 truncated at 15 steps: 30 of 40 steps lost, p = 10/40 = 0.25, Var(G) = 0.1875.
+    # losses/value 0.125 = 0.5 * MSE -> MSE 0.25 -> 1 - 0.25 / 0.1875 = -1/3; mean value 0.5: MSE >= 0.25^2,
+    # so before the update at most 1 - 0.0625 / 0.1875 = 2/3
+    m = _metrics(**{"losses/value": 0.125, "charts/value_mean": 0.5, "losses/value_clip_fraction": 0.4})
+    assert report.step_return_stats(m, 15) == (0.25, 0.1875)
+    fit = report.critic_fit(m, 15)
+    assert fit.estimate == pytest.approx(-1 / 3) and fit.upper_bound == pytest.approx(2 / 3) and fit.before is None
+    assert fit.value == fit.estimate
+    logged = {**m, "critic/explained_variance_before": 0.3, "critic/explained_variance_after": 0.5}
+    assert report.critic_fit(logged, 15) == report.CriticFit(before=0.3, after=0.5)  # the logged keys win
+    assert report.critic_fit(logged, 15).value == 0.3
+    no_reward = _metrics(**{"losses/value": 0.1, "charts/success_rate": 0.0, "charts/return_mean": 0.0,
+                            "rollout/truncated_rate": 1.0, "rollout/steps": 60.0})
+    assert report.step_return_stats(no_reward, 15) == (0.0, 0.0) and report.critic_fit(no_reward, 15) is None
+    early_loss = _metrics(**{"losses/value": 0.1, "rollout/truncated_rate": 0.25})  # a loss before the step limit
+    assert report.step_return_stats(early_loss, 15) is None and report.critic_fit(early_loss, 15) is None
+    assert report.critic_fit(_metrics(), 15) is None  # no critic
+    runs = {"steppo": {0: {"metrics": [m, {**no_reward, "iteration": 1}]}},
+            "ppo": {0: {"metrics": [{k: v for k, v in logged.items() if k != "losses/value_clip_fraction"}]}},
+            "grpo": {0: {"metrics": [_metrics()]}}}
+    table, pooled = report._critic_table(runs, 15)
+    assert "| StepPO seed 0 | 1 of 2 | -0.33 (estimate) | +0.67 | 40% |" in table
+    assert "| PPO seed 0 | 1 of 1 | +0.30 before, +0.50 after the update (logged) | - | - |" in table
+    assert set(pooled) == {"steppo", "ppo"}
+    text = "\n".join(report._cannot_show(runs, 15))
+    assert "Such iterations: StepPO 1 of 2, PPO 0 of 1." in text  # the reward-free batch
+    assert "has 4.00-6.00 tokens per step" in text and "issue 37" in text  # 240 tokens over 40 and over 60 steps
+    assert text.startswith("### What these runs cannot show\n\n**The critics' fit.**")  # PPO's +0.30: not "no critic learned"
 
 
 def test_committed_results_regenerate_the_page_byte_identically() -> None:
@@ -182,7 +287,10 @@ def test_change_from_own_warm_start_removes_the_warm_starts_difference() -> None
     same = report.paired_difference(a, b, start=lambda r: start["amd"])  # one warm start: the plain difference
     assert same == report.paired_difference(a, b)
     lines = report._verdict({"steppo": a, "ppo": b}, planned_seeds=3, start=lambda r: start[r["machine"]])
-    assert lines[2].startswith("| StepPO − PPO | +0.000 |") and "| -0.250 [" in lines[2]
+    primary = next(line for line in lines if line.startswith("| StepPO − PPO | +0.00 |"))
+    assert "| +0.000 | n/a | -0.250 n/a | 1 |" in primary  # one seed: the change's mean, no interval
+    secondary = next(line for line in lines if line.startswith("| StepPO − PPO | +0.000 |"))
+    assert "| -0.250 [" in secondary
 
 
 def test_a_repeat_on_another_cpu_is_set_beside_its_first_run_and_the_runs_on_its_cpu(tmp_path: Path) -> None:
