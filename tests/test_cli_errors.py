@@ -70,6 +70,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("inspect an empty file", ["inspect", "{empty}"], 2, "holds no trajectories"),
     ("inspect a folder", ["inspect", "{tmp}"], 2, "is a folder, not a file"),
     ("unknown --set key", ["train", "--set", "actor_lrr=1e-6"], 2, "did you mean actor_lr"),
+    ("unknown key in the first of two --set", ["train", "--set", "actor_lrr=1e-6", "--set", "gamma=1.0"], 2,
+     "did you mean actor_lr"),
     ("--set value of the wrong type", ["train", "--set", "iterations=many"], 2, "iterations: Input should be a valid integer"),
     ("--set learning rate not a number", ["train", "--set", 'actor_lr="fast"'], 2, "actor_lr: Input should be a valid number"),
     ("--set save_every not an int", ["train", "--set", "save_every=abc"], 2, "save_every: Input should be a valid integer"),
@@ -210,3 +212,50 @@ def test_a_run_that_fails_before_its_first_episode_leaves_no_empty_file(
     assert main(["rollout", "--env", TOY, "--backend", "openai", "--base-url", "http://127.0.0.1:9"]) == 2
     assert "127.0.0.1:9" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.jsonl"))
+
+
+SEED_RANGE = "is out of range: pass an integer in 0..9223372036854775807 (0 <= seed < 2**63)"
+
+
+@pytest.mark.parametrize("argv", [
+    ["rollout", "--env", TOY, *FAKE, "--seed", "18446744073709551616"],
+    ["rollout", "--env", TOY, *FAKE, "--sampling-seed", "-1"],
+    ["eval", "--env", TOY, *FAKE, "--seed", str(2**63)],
+    ["play", TOY, "--seed", "18446744073709551616"],
+    ["train", "--seed", "18446744073709551616"],
+], ids=["rollout --seed 2**64", "rollout --sampling-seed -1", "eval --seed 2**63", "play --seed 2**64",
+        "train --seed 2**64"])
+def test_a_seed_out_of_range_is_one_line_naming_the_range(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 38: a seed of 2**64 reached the vLLM engine and wedged it; seed flags now take 0..2**63-1."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("steppo: error: argument --") and SEED_RANGE in lines[0], lines[0]
+
+
+def test_repeated_set_options_accumulate() -> None:
+    """Issue 38: ``--set a=1 --set b=2`` kept only the last list; every --set counts, a key set twice keeps
+    its last value."""
+    from steppo.cli import build_parser
+    from steppo.cli.train import overrides_of
+
+    args = build_parser().parse_args(["train", "--set", "actor_lr=1e-6", "--iterations", "2", "--set", "gamma=0.9",
+                                      "save_every=2", "--set", "gamma=1.0"])
+    assert overrides_of(args) == {"iterations": 2, "actor_lr": 1e-6, "gamma": 1.0, "save_every": 2}
+
+
+@pytest.mark.parametrize("stdin", ["devnull", "closed"])
+def test_play_without_input_ends_like_end_of_input(stdin: str) -> None:
+    """``steppo play`` with stdin at EOF or closed (``<&-``) ends with one line and exit code 0."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "steppo", "play", TOY]
+    if stdin == "closed":
+        command = ["sh", "-c", 'exec "$0" "$@" <&-', *command]
+    tests = Path(__file__).parent
+    proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                          check=False, cwd=tests, env={**os.environ, "PYTHONPATH": f"{tests}:{tests.parent}"})
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout.strip().splitlines()[-1] == "(end of input)", proc.stdout

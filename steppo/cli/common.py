@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from steppo_agent.policies import MAX_SEED
 from steppo_envs.config import UserError
 
-__all__ = ["ENV_ARG_HELP", "UsageError", "check_readable_file", "check_writable_dir", "parse_env_kwargs"]
+__all__ = ["ENV_ARG_HELP", "MAX_SEED", "UsageError", "check_readable_file", "check_writable_dir", "parse_env_kwargs",
+           "seed_value"]
 
 #: Help of every ``--env-arg`` flag (docs/cli.md, "Environment options").
 ENV_ARG_HELP = (
@@ -40,6 +43,18 @@ def parse_env_kwargs(items: list[str] | None, flag: str = "--env-arg") -> dict[s
         except (ValueError, RecursionError):  # not JSON (or absurdly nested): the string itself
             out[key.strip()] = value
     return out
+
+
+def seed_value(text: str) -> int:
+    """argparse ``type`` of a seed flag: an integer in ``0..MAX_SEED`` (``0 <= seed < 2**63``), else one
+    ``steppo: error:`` line naming the range."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (a seed is an integer in 0..{MAX_SEED})") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: pass an integer in 0..{MAX_SEED} (0 <= seed < 2**63)")
+    return value
 
 
 def check_writable_dir(folder: str | Path, what: str) -> Path:

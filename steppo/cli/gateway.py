@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default 0.005)")
     p.add_argument("--batch-max-wait", type=float, default=0.25,
                    help="longest a policy call waits for its batch to fill, from its first request (default 0.25)")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="largest request body in bytes, larger ones get 413 before they are read (default: 1 KiB per "
+                        "token of --max-model-len, at least 1 MiB)")
     p.set_defaults(func=run)
 
 
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(args.output.expanduser().parent, "--output")
     config = GatewayConfig(output=args.output, host=args.host, port=args.port, served_model_name=args.served_model_name,
                            default_max_tokens=args.max_tokens, idle_timeout_s=args.idle_timeout,
-                           batch_window_s=args.batch_window, batch_max_wait_s=args.batch_max_wait)
+                           batch_window_s=args.batch_window, batch_max_wait_s=args.batch_max_wait,
+                           max_body_bytes=args.max_body_bytes)
     policy = make_policy(PolicyConfig(backend=args.backend, model=args.model, dtype=args.dtype, max_model_len=args.max_model_len,
                                       **({"base_urls": list(args.base_url)} if args.base_url else {})))
     print(f"steppo gateway: http://{config.host}:{config.port}/v1 ({policy.backend} {policy.model}) -> {config.output}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steppo.cli.common import ENV_ARG_HELP, parse_env_kwargs
+from steppo.cli.common import ENV_ARG_HELP, parse_env_kwargs, seed_value
 
 __all__ = ["add_parser"]
 
@@ -13,9 +13,20 @@ __all__ = ["add_parser"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("play", help="play an episode yourself: type actions, see observations and rewards")
     p.add_argument("env_id", help="a registered id, e.g. steppo/MultiHopQA-v0 (see `steppo envs`); 'module:id' imports module first")
-    p.add_argument("--seed", type=int, default=0, help="task seed")
+    p.add_argument("--seed", type=seed_value, default=0, help="task seed (0 <= seed < 2**63; default 0)")
     p.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help=ENV_ARG_HELP)
     p.set_defaults(func=run)
+
+
+def _read_action() -> str | None:
+    """The next typed action, or None at the end of input (EOF, or no stdin at all: ``steppo play <&-``)."""
+    if sys.stdin is None or sys.stdin.closed:
+        print("action> ", end="", flush=True)
+        return None
+    try:
+        return input("action> ")
+    except EOFError:
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,9 +37,8 @@ def run(args: argparse.Namespace) -> int:
     total = 0.0
     while True:
         print(f"== observation (step {info['step']}/{info['max_steps']}) ==\n{obs}\n")
-        try:
-            action = input("action> ")
-        except EOFError:
+        action = _read_action()
+        if action is None:
             print("\n(end of input)")
             break
         obs, reward, terminated, truncated, info = env.step(action)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, get_args
 
-from steppo.cli.common import ENV_ARG_HELP, UsageError, check_writable_dir, parse_env_kwargs
+from steppo.cli.common import ENV_ARG_HELP, UsageError, check_writable_dir, parse_env_kwargs, seed_value
 from steppo_agent.policies import Backend, PolicyConfig
 from steppo_agent.records import SamplingConfig
 from steppo_agent.rollout import DEFAULT_ENV
@@ -45,7 +45,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", metavar="MODULE:FACTORY", default=None,
                    help="use a custom policy: FACTORY(model) must return a Policy (overrides --backend)")
     p.add_argument("-n", "--num-tasks", "--episodes", dest="num_tasks", type=int, default=1, help="number of tasks (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="reset seed of the first task; task i uses seed + i (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0,
+                   help="reset seed of the first task; task i uses seed + i (0 <= seed < 2**63; default 0)")
     p.add_argument("--max-tokens", type=int, default=_MAX_TOKENS, help=f"maximum response tokens per step (default {_MAX_TOKENS})")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--output", "-o", type=Path, default=None, help="JSONL file (default runs/<command>-<env>-<time>.jsonl)")
@@ -64,7 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-size", "-g", type=int, default=1, help="samples per task, sharing its seed (default 1)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1.0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
-    p.add_argument("--sampling-seed", type=int, default=0, help="base of the per-prompt sampling seeds (default 0)")
+    p.add_argument("--sampling-seed", type=seed_value, default=0,
+                   help="base of the per-prompt sampling seeds (0 <= seed < 2**63; default 0)")
     p.set_defaults(func=run_rollout_cmd)
 
     e = sub.add_parser("eval", help="greedy evaluation: success / return / steps per split, records written")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import get_args
 
-from steppo.cli.common import ENV_ARG_HELP, check_readable_file, check_writable_dir, parse_env_kwargs
+from steppo.cli.common import (
+    ENV_ARG_HELP,
+    check_readable_file,
+    check_writable_dir,
+    parse_env_kwargs,
+    seed_value,
+)
 from steppo_agent.policies import Backend
 from steppo_agent.rollout import DEFAULT_ENV
 from steppo_train.config import ALGOS, ROLLOUT_DEFAULTS
@@ -43,8 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", help="where metrics, plots and checkpoints go")
     p.add_argument("--from-trajectories", action="append", help="train offline on these JSONL files (repeatable)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint in --output-dir")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any TrainConfig field, e.g. --set actor_lr=1e-6 gamma=1.0 policy.kv_cache_gib=1")
+    p.add_argument("--seed", type=seed_value, help="run seed (0 <= seed < 2**63)")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="any TrainConfig field, e.g. --set actor_lr=1e-6 gamma=1.0 policy.kv_cache_gib=1 (repeatable: "
+                        "every --set counts; a key set twice keeps its last value)")
     p.set_defaults(func=run)
 
 

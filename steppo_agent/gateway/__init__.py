@@ -5,6 +5,7 @@ sampled response ids and logprobs) of an episode, written with the rollout's rec
 Modules: :mod:`~steppo_agent.gateway.config` (settings), :mod:`~steppo_agent.gateway.chat` (request
 schema, rendering, tool-call parsing, response bodies), :mod:`~steppo_agent.gateway.episodes`
 (episode store), :mod:`~steppo_agent.gateway.batcher` (concurrent requests -> one policy call),
+:mod:`~steppo_agent.gateway.http` (body limit, id headers, disconnects, streamed steps),
 :mod:`~steppo_agent.gateway.app` (FastAPI routes), :mod:`~steppo_agent.gateway.server` (uvicorn).
 See docs/gateway.md.
 """

@@ -15,15 +15,16 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from steppo_agent.policies import MAX_SEED
 from steppo_agent.policies.base import Generation
 from steppo_agent.records import SamplingConfig
 from steppo_envs.actions import ParsedAction, parse_action
 from steppo_envs.tools import ToolSpec
 
-__all__ = ["ChatMessage", "ChatRequest", "RequestError", "completion_body", "parse_tool_calls", "sampling_of",
-           "stream_chunks", "template_messages"]
+__all__ = ["ChatMessage", "ChatRequest", "RequestError", "check_tools", "completion_body", "parse_tool_calls",
+           "sampling_of", "stream_chunks", "template_messages"]
 
 
 class RequestError(Exception):
@@ -59,34 +60,44 @@ class StreamOptions(BaseModel):
 
 class ChatRequest(BaseModel):
     """``POST /v1/chat/completions`` body. Unknown fields are refused (400) so a typo never goes unnoticed;
-    accepted-but-unsupported settings (``n > 1``, penalties, ``logit_bias``) are refused when not default."""
+    accepted-but-unsupported settings (``n > 1``, penalties, ``logit_bias``) are refused when not default.
+    Every number is range-checked here, so no value can make the engine fail (400, never a 502)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int | None = Field(None, ge=1)
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    store: bool | None = None
+    model: str = Field(description="The served model's name (GET /v1/models).")
+    messages: list[ChatMessage] = Field(min_length=1, description="The chat so far (at least one message).")
+    tools: list[dict[str, Any]] | None = Field(None, description="OpenAI function tools the model may call.")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="'auto', 'none' or 'required'.")
+    parallel_tool_calls: bool | None = Field(None, description="Accepted; the model's own output is recorded.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0..2 (None = 1); 0 = greedy.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus mass in (0, 1] (None = 1).")
+    max_tokens: int | None = Field(None, ge=1, description="Response tokens (>= 1; prompt + these must fit the context).")
+    max_completion_tokens: int | None = Field(None, ge=1, description="The newer name of max_tokens (wins over it).")
+    stop: str | list[str] | None = Field(None, description="Stop string(s), each non-empty.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=(
+        f"This request's sampling seed, an integer in 0..{MAX_SEED} (0 <= seed < 2**63, what the engine's "
+        "generator takes); None = unseeded."))
+    logprobs: bool | None = Field(None, description="Return the sampled tokens' logprobs.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Refused unless 0 (the records keep sampled logprobs).")
+    stream: bool = Field(False, description="Answer with server-sent chat.completion.chunk events.")
+    stream_options: StreamOptions | None = Field(None, description="include_usage: a last chunk with usage.")
+    n: int | None = Field(None, ge=1, le=128, description="Responses per request; only 1 is supported.")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Refused unless 0.")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Refused unless 0.")
+    logit_bias: dict[str, float] | None = Field(None, description="Refused unless empty.")
+    user: str | None = Field(None, description="The episode id when neither the header nor episode_id gives one.")
+    metadata: dict[str, str] | None = Field(None, description="Accepted and ignored.")
+    store: bool | None = Field(None, description="Accepted and ignored.")
     episode_id: str | None = Field(None, description="steppo: the episode this step belongs to (extra_body).")
     group_id: str | None = Field(None, description="steppo: the episode's group for GRPO / GiGPO (extra_body).")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is not None and any(not text for text in ([value] if isinstance(value, str) else value)):
+            raise ValueError("a stop string is empty: leave it out (the engine refuses empty stop strings)")
+        return value
 
     def check_supported(self) -> None:
         """Raise :class:`RequestError` (400) for settings the gateway cannot honour."""
@@ -170,6 +181,11 @@ def sampling_of(request: ChatRequest, max_tokens: int) -> SamplingConfig:
                           seed=request.seed)
 
 
+def check_tools(tools: list[dict[str, Any]] | None) -> None:
+    """400 for a malformed tool list, before anything is generated."""
+    _tool_specs(tools or [])
+
+
 def _tool_specs(tools: list[dict[str, Any]]) -> list[ToolSpec]:
     specs = []
     for tool in tools:
@@ -178,6 +194,9 @@ def _tool_specs(tools: list[dict[str, Any]]) -> list[ToolSpec]:
             raise RequestError(400, "each tool must be {'type': 'function', 'function': {'name': ..., 'parameters': "
                                     "...}}.", param="tools")
         params = fn.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(params, dict):
+            raise RequestError(400, f"the parameters of tool {fn['name']!r} must be a JSON schema object, e.g. "
+                                    "{'type': 'object', 'properties': {...}}.", param="tools")
         specs.append(ToolSpec(name=fn["name"], description=str(fn.get("description", "")), parameters=params))
     return specs
 

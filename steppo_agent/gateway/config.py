@@ -1,4 +1,4 @@
-"""Gateway settings (a :class:`~steppo_envs.config_model.ConfigModel`, like every agent config): where records go, how requests are batched, when episodes time out."""
+"""Gateway settings (a :class:`~steppo_envs.config_model.ConfigModel`, like every agent config): where records go, how requests are batched, when episodes time out, how large a request may be."""
 
 from __future__ import annotations
 
@@ -8,7 +8,19 @@ from pydantic import Field, field_validator
 
 from steppo_envs.config_model import ConfigModel
 
-__all__ = ["GatewayConfig"]
+__all__ = ["BODY_BYTES_PER_TOKEN", "MIN_BODY_BYTES", "GatewayConfig", "default_max_body_bytes"]
+
+#: Request-body bytes allowed per token of the model's context (``max_body_bytes=None``): a body that
+#: fits the context is far smaller (a token is at most ~80 bytes of text, JSON escaping at most 6x).
+BODY_BYTES_PER_TOKEN = 1024
+#: The smallest default body limit, whatever the context (1 MiB).
+MIN_BODY_BYTES = 1 << 20
+
+
+def default_max_body_bytes(max_model_len: int) -> int:
+    """The body limit when ``max_body_bytes`` is None: 1 KiB per context token, at least 1 MiB
+    (2 MiB for the default 2048-token context)."""
+    return max(MIN_BODY_BYTES, BODY_BYTES_PER_TOKEN * max_model_len)
 
 
 class GatewayConfig(ConfigModel):
@@ -34,6 +46,11 @@ class GatewayConfig(ConfigModel):
     idle_timeout_s: float = Field(
         600.0, gt=0.0, description="An open episode without a request for this long is written as truncated "
                                    "(truncation_reason='idle_timeout').")
+    max_body_bytes: int | None = Field(
+        None, ge=1024,
+        description="Largest request body in bytes; a larger one is refused with 413 before it is read or parsed. "
+                    "None = 1 KiB per token of the model's context, at least 1 MiB (2 MiB for 2048 tokens): a "
+                    "request that fits the context is far smaller.")
     env_id: str = Field("gateway", description="env_id stored on every record (names the agent in `steppo inspect`).")
 
     @field_validator("output")

@@ -3,8 +3,9 @@
 Every request is a step of the episode it names (or of a one-step episode of its own). An episode is
 written with :class:`~steppo_agent.trajectory_io.TrajectoryWriter` (the writer of ``steppo rollout``:
 append, flush, fsync) when the client ends it, when it has been idle for ``idle_timeout_s``
-(truncated, ``idle_timeout``) or when the gateway shuts down (truncated, ``shutdown``). A step whose
-request failed is never added, so an error leaves the episode as it was.
+(truncated, ``idle_timeout``) or when the gateway shuts down (truncated, ``shutdown``). A step is recorded only once its request
+succeeded and its response was produced: a request that failed, or whose client left, is never
+added, so it leaves the episode as it was.
 
 All methods run on the server's event loop thread (no locks needed).
 """
@@ -19,11 +20,26 @@ from typing import Any
 from steppo_agent.records import PolicyInfo, SamplingConfig, Step, Trajectory
 from steppo_agent.trajectory_io import TrajectoryWriter
 
-__all__ = ["EpisodeStore", "OpenEpisode", "UnknownEpisodeError"]
+__all__ = ["EpisodeHeader", "EpisodeStore", "OpenEpisode", "UnknownEpisodeError"]
 
 
 class UnknownEpisodeError(KeyError):
     """No open episode has this id (never started, or already ended)."""
+
+
+@dataclass(frozen=True)
+class EpisodeHeader:
+    """What one request says about its episode's record (taken from the first recorded step)."""
+
+    group_id: str | None
+    system_prompt: str
+    tools: list[dict[str, Any]]
+    sampling: SamplingConfig
+
+    def apply(self, traj: Trajectory) -> None:
+        traj.group_id = self.group_id or traj.id
+        traj.system_prompt, traj.tools, traj.sampling = self.system_prompt, list(self.tools), self.sampling
+        traj.seed = self.sampling.seed or 0
 
 
 @dataclass
@@ -46,40 +62,50 @@ class EpisodeStore:
         self.open: dict[str, OpenEpisode] = {}
         self.written = 0
 
-    def begin_step(self, episode_id: str, group_id: str | None, system_prompt: str, tools: list[dict[str, Any]],
-                   sampling: SamplingConfig) -> int:
-        """Reserve the next step slot (arrival order) of ``episode_id``, opening the episode if needed."""
+    def begin_step(self, episode_id: str, header: EpisodeHeader) -> int:
+        """Reserve the next step slot (arrival order) of ``episode_id``, opening the episode if needed
+        (its record header comes from ``header`` until a step is recorded)."""
         ep = self.open.get(episode_id)
         if ep is None:
-            traj = Trajectory(id=episode_id, env_id=self.env_id, task_id="", seed=sampling.seed or 0,
-                              group_id=group_id or episode_id, system_prompt=system_prompt, tools=list(tools),
-                              policy=self.policy, sampling=sampling)
+            traj = Trajectory(id=episode_id, env_id=self.env_id, task_id="", seed=0, group_id=episode_id,
+                              system_prompt="", tools=[], policy=self.policy, sampling=header.sampling)
             ep = self.open[episode_id] = OpenEpisode(traj=traj, last_seen=time.monotonic())
+            header.apply(traj)
         ep.last_seen = time.monotonic()
         seq = ep.next_seq
         ep.next_seq += 1
         ep.pending.add(seq)
         return seq
 
-    def new_messages(self, episode_id: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The messages the client added since the episode's previous request (all of them the first time)."""
-        ep = self.open[episode_id]
-        start = ep.messages_seen if ep.messages_seen <= len(messages) else 0
-        ep.messages_seen = len(messages)
-        return messages[start:]
-
-    def finish_step(self, episode_id: str, seq: int, step: Step | None) -> None:
-        """Store the step of slot ``seq`` (``None``: its request failed and the slot is dropped)."""
+    def record_step(self, episode_id: str, seq: int, step: Step, header: EpisodeHeader,
+                    messages: list[dict[str, Any]]) -> bool:
+        """Store the step of slot ``seq`` (its request succeeded and its response was produced): the
+        first recorded step sets the record's header (system prompt, tools, group, sampling);
+        ``info["messages"]`` gets the messages added since the previous recorded step, ``info["sampling"]``
+        the request's sampling when it differs from the episode's. False when the episode has ended meanwhile."""
         ep = self.open.get(episode_id)
         if ep is None:
-            if step is not None:
-                warnings.warn(f"episode {episode_id} ended while a step was generated: that step is not recorded.",
-                              stacklevel=2)
-            return
+            warnings.warn(f"episode {episode_id!r} ended while a step was generated: that step is not recorded.",
+                          stacklevel=2)
+            return False
         ep.pending.discard(seq)
         ep.last_seen = time.monotonic()
-        if step is not None:
-            ep.done[seq] = step
+        if not ep.done:
+            header.apply(ep.traj)
+        start = ep.messages_seen if ep.messages_seen <= len(messages) else 0
+        ep.messages_seen = len(messages)
+        step.info["messages"] = messages[start:]
+        if header.sampling != ep.traj.sampling:
+            step.info["sampling"] = header.sampling.model_dump()
+        ep.done[seq] = step
+        return True
+
+    def drop_step(self, episode_id: str, seq: int) -> None:
+        """Give up slot ``seq`` (its request failed, or its client left): the episode stays as it was."""
+        ep = self.open.get(episode_id)
+        if ep is not None:
+            ep.pending.discard(seq)
+            ep.last_seen = time.monotonic()
 
     def steps(self, episode_id: str) -> list[Step]:
         """The episode's completed steps in arrival order, indices renumbered 0..n-1."""

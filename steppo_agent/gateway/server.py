@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from types import FrameType
 
 import uvicorn
 
@@ -16,15 +17,31 @@ from steppo_agent.policies.base import Policy
 __all__ = ["RunningGateway", "serve", "start_gateway"]
 
 
-def _server(policy: Policy, config: GatewayConfig) -> tuple[uvicorn.Server, Gateway]:
+class _Server(uvicorn.Server):
+    """uvicorn's server; Ctrl-C / SIGTERM (or :meth:`RunningGateway.stop`) first abandons the generations
+    in flight (aborted in the engine, answered 503, no step recorded), so the graceful shutdown does not
+    wait for them, and open episodes are written at once."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.gateway.batcher.abandon_all()
+        super().handle_exit(sig, frame)
+
+
+def _server(policy: Policy, config: GatewayConfig) -> tuple[_Server, Gateway]:
     app = create_app(policy, config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                          access_log=False, timeout_graceful_shutdown=5))
-    return server, app.state.gateway
+    gateway: Gateway = app.state.gateway
+    server = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                    access_log=False, timeout_graceful_shutdown=5), gateway)
+    return server, gateway
 
 
 def serve(policy: Policy, config: GatewayConfig) -> None:
-    """Serve until Ctrl-C / SIGTERM; open episodes are then written as truncated (``shutdown``)."""
+    """Serve until Ctrl-C / SIGTERM; generations in flight are then aborted and open episodes written as
+    truncated (``shutdown``)."""
     _server(policy, config)[0].run()
 
 
@@ -44,7 +61,9 @@ class RunningGateway:
         return f"http://{self.host}:{self.port}/v1"
 
     def stop(self) -> None:
-        """Shut down (open episodes are written as truncated) and wait for the thread."""
+        """Shut down (generations in flight are abandoned, open episodes written as truncated) and wait for
+        the thread."""
+        self.gateway.batcher.abandon_all()
         self.server.should_exit = True
         self.thread.join(timeout=30)
 

@@ -14,7 +14,9 @@ Shared semantics (all backends agree, see docs/policies.md):
 * ``finish_reason`` is ``"stop"`` (EOS or stop string), ``"length"`` (``max_tokens`` or the
   context limit) or ``"error"`` (prompt longer than ``max_model_len`` or a malformed server
   answer; ``token_ids`` empty).
-* Seeds: :func:`resolve_seeds`.
+* Seeds: :func:`resolve_seeds`; every seed is an integer in ``0..MAX_SEED`` (``0 <= seed < 2**63``, what
+  the engines' generators take): another is a :class:`~steppo_envs.config.ConfigError` before anything
+  reaches an engine.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from steppo_envs.config_model import ConfigModel
 from steppo_envs.contract import MissingExtraError
 
 __all__ = [
+    "MAX_SEED",
     "Backend",
     "Generation",
     "Policy",
@@ -41,6 +44,9 @@ __all__ = [
 ]
 
 Backend = Literal["vllm", "openai", "hf"]
+
+#: The largest sampling seed (``2**63 - 1``): seeds are integers in ``0..MAX_SEED``.
+MAX_SEED = 2**63 - 1
 
 
 class PolicyConfig(ConfigModel):
@@ -146,14 +152,22 @@ def make_policy(config: PolicyConfig) -> Policy:
 def resolve_seeds(
     n: int, sampling: SamplingConfig, seeds: Sequence[int | None] | None = None
 ) -> list[int | None]:
-    """Per-prompt seeds: ``seeds`` when given (length ``n``), else ``sampling.seed + i``, else ``None``."""
+    """Per-prompt seeds: ``seeds`` when given (length ``n``), else ``sampling.seed + i``, else ``None``.
+
+    A seed outside ``0..MAX_SEED`` is a :class:`~steppo_envs.config.ConfigError` (vLLM's generator
+    overflows on ``2**64``), raised before any prompt reaches an engine."""
     if seeds is not None:
         if len(seeds) != n:
             raise ValueError(f"got {len(seeds)} seeds for {n} prompts: pass one seed (or None) per prompt.")
-        return list(seeds)
-    if sampling.seed is None:
-        return [None] * n
-    return [sampling.seed + i for i in range(n)]
+        out = list(seeds)
+    elif sampling.seed is None:
+        out = [None] * n
+    else:
+        out = [sampling.seed + i for i in range(n)]
+    for seed in out:
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed {seed} is out of range: pass an integer in 0..{MAX_SEED} (0 <= seed < 2**63).")
+    return out
 
 
 def error_generation() -> Generation:

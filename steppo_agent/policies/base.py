@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from steppo_agent.records import SamplingConfig
 
-__all__ = ["Generation", "Policy", "prefix_cache_stats"]
+__all__ = ["Generation", "Policy", "generate_abortable", "prefix_cache_stats"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,25 @@ def prefix_cache_stats(policy: object) -> tuple[int, int] | None:
         return None
     stats = method()
     return (int(stats[0]), int(stats[1])) if stats is not None else None
+
+
+def generate_abortable(
+    policy: Policy,
+    prompts: Sequence[Sequence[int]],
+    sampling: SamplingConfig,
+    seeds: Sequence[int | None] | None,
+    abandoned: Callable[[int], bool],
+) -> list[Generation]:
+    """``policy.generate``, stopping early the prompts nobody waits for any more.
+
+    ``abandoned(i)`` turns true (from any thread) once prompt i's answer is no longer wanted (its
+    client left, the server is stopping). A policy that can stop a prompt midway sets
+    ``can_abort = True`` and takes ``generate(..., abandoned=...)``
+    (:class:`~steppo_agent.policies.vllm_policy.VLLMPolicy` aborts it in the engine between two decoding
+    steps; its result is then an ``"error"`` generation). Like :func:`prefix_cache_stats`, an *optional*
+    capability outside the :class:`Policy` protocol: any other policy generates every prompt to the end.
+    """
+    if getattr(policy, "can_abort", False):
+        method: Callable[..., list[Generation]] = policy.generate
+        return method(prompts, sampling, seeds, abandoned=abandoned)
+    return policy.generate(prompts, sampling, seeds)

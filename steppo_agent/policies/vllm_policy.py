@@ -5,6 +5,12 @@ Prompts go in as token ids (``TokensPrompt``), so nothing is re-tokenised; each 
 runs with ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` and ``VLLM_CPU_KVCACHE_SPACE=kv_cache_gib`` (set only
 when not already in the environment) and float32 by default (logprobs match transformers to ~1e-5).
 
+Faults never outlive a call: when ``generate`` fails for any reason (an engine error, an exception
+raised into it), the requests it left inside the engine are aborted before the error goes on, so the
+next call is served (a request left there once wedged every later call). Prompts the caller no longer
+waits for (``abandoned``, see :func:`~steppo_agent.policies.base.generate_abortable`) are aborted between
+two decoding steps.
+
 Weights are pushed without restarting the engine (:meth:`VLLMPolicy.load_weights`, see
 :mod:`steppo_agent.policies.weight_sync`); if the in-place reload fails the engine is rebuilt from
 a temporary copy of the model folder with the new weights (slower: ~5 s in-process, ~25 s otherwise).
@@ -20,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +63,21 @@ def _hidden_from_vllm_module_scan() -> Iterator[None]:
         sys.modules.update(hidden)
 
 
+def _abort_all(llm: Any) -> None:
+    """Abort every request still in the engine (the policy is its only user, one call at a time), so a
+    failed call leaves nothing behind: a request left in the engine made every later call hang."""
+    engine = getattr(llm, "llm_engine", None)
+    states = getattr(getattr(engine, "output_processor", None), "request_states", None)
+    if engine is None or not states:
+        return
+    ids = list(states)
+    try:
+        engine.abort_request(ids, internal=True)
+    except TypeError:  # an older vLLM: one kind of request id
+        engine.abort_request(ids)
+    log.warning("aborted %d request(s) left in the vLLM engine by a failed call", len(ids))
+
+
 class VLLMPolicy:
     """A :class:`~steppo_agent.policies.base.Policy` backed by an in-process ``vllm.LLM``.
 
@@ -75,6 +96,7 @@ class VLLMPolicy:
 
     backend = "vllm"
     wants_infos = False
+    can_abort = True  # generate(..., abandoned=) stops a prompt midway (base.generate_abortable)
 
     def __init__(
         self,
@@ -143,8 +165,13 @@ class VLLMPolicy:
         sampling: SamplingConfig,
         seeds: Sequence[int | None] | None = None,
         infos: Sequence[dict[str, Any]] | None = None,
+        abandoned: Callable[[int], bool] | None = None,
     ) -> list[Generation]:
-        """Sample one response per prompt (see :class:`~steppo_agent.policies.base.Policy`)."""
+        """Sample one response per prompt (see :class:`~steppo_agent.policies.base.Policy`).
+
+        ``abandoned(i)`` true: prompt i is aborted in the engine at the next decoding step and its result
+        is an ``"error"`` generation. Whatever fails, no request of this call stays in the engine.
+        """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -172,10 +199,38 @@ class VLLMPolicy:
             )
             index.append(i)
         if requests:
-            outputs = self._llm.generate(requests, params, use_tqdm=False)
+            gone = (lambda k: abandoned(index[k])) if abandoned is not None else None
+            try:
+                outputs = self._run(requests, params, gone)
+            except BaseException:
+                _abort_all(self._llm)
+                raise
             for i, output in zip(index, outputs, strict=True):
-                results[i] = self._to_generation(output.outputs[0])
+                results[i] = self._to_generation(output.outputs[0]) if output is not None else error_generation()
         return [r if r is not None else error_generation() for r in results]
+
+    def _run(self, requests: list[Any], params: list[Any], abandoned: Callable[[int], bool] | None) -> list[Any]:
+        """The engine's ``RequestOutput`` per request (None where it was abandoned and aborted)."""
+        llm = self._llm
+        if abandoned is None or not hasattr(llm, "enqueue"):  # nothing to watch, or a vLLM without enqueue
+            # (an older one): one blocking call, aborted only when it fails
+            return list(llm.generate(requests, params, use_tqdm=False))
+        engine = llm.llm_engine
+        ids = llm.enqueue(requests, params, use_tqdm=False)  # vLLM's internal ids "<external>-<random>"
+        slot = {str(rid).split("-", 1)[0]: k for k, rid in enumerate(ids)}
+        outputs: list[Any] = [None] * len(ids)
+        running = set(range(len(ids)))
+        while engine.has_unfinished_requests():
+            gone = [k for k in running if abandoned(k)]
+            if gone:
+                engine.abort_request([ids[k] for k in gone], internal=True)
+                running.difference_update(gone)
+            for output in engine.step():
+                if output.finished:
+                    k = slot[str(output.request_id)]  # a KeyError here: vLLM changed its request ids
+                    outputs[k] = output
+                    running.discard(k)
+        return outputs
 
     def _to_generation(self, completion: Any) -> Generation:
         ids = [int(t) for t in completion.token_ids]
