@@ -618,7 +618,11 @@ def run_task(task: Task, args: argparse.Namespace, c: Credit, command: str) -> N
     folder = args.work / task.name
     warm, model = resolve_warm_start(task, getattr(args, f"{task.name}_warm_start"))
     record = args.record.resolve() if args.record else stage_record(task, warm, folder, c)
+    if args.until == "record":
+        return
     features = stage_features(record, model, folder, c)
+    if args.until == "features":
+        return
     stage_score(task, record, features, args.results / f"{task.name}.json", c, command)
 
 
@@ -635,6 +639,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "under runs/horizon")
     ap.add_argument("--multihop-warm-start", metavar="PATH", help="default: experiments/multihop.py's SFT checkpoint "
                     "under runs/multihop")
+    ap.add_argument("--until", choices=("record", "features", "score"), default="score",
+                    help="stop after this stage (default: score, i.e. every stage)")
     ap.add_argument("--record", type=Path, help="score this record file instead of recording (one task only)")
     ap.add_argument("--task-seeds", type=int, default=Credit.task_seeds, help="tasks to record (default %(default)s)")
     ap.add_argument("--group-size", type=int, default=Credit.group_size, help="samples per task (default %(default)s)")
