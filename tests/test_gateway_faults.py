@@ -286,3 +286,13 @@ def test_sigint_stops_the_gateway_within_10_s_and_writes_open_episodes(tmp_path:
     written = records(out)
     assert set(written) == {"open-ep"}
     assert (written["open-ep"].truncation_reason, len(written["open-ep"].steps)) == ("shutdown", 1)
+
+
+def test_content_loses_the_stop_string_the_record_keeps() -> None:
+    from steppo_agent.gateway.chat import without_stop
+
+    assert without_stop("go west\nEND", "END", "stop") == "go west\n"
+    assert without_stop("go west</s>", ["</", "</s>"], "stop") == "go west"  # the longest match first
+    assert without_stop("go west END", ["END"], "length") == "go west END"  # cut by max_tokens: nothing to remove
+    assert without_stop("go west", None, "stop") == "go west"
+    assert without_stop("END go west", "END", "stop") == "END go west"  # only at the end

@@ -49,6 +49,7 @@ from steppo_agent.gateway.chat import (
     sampling_of,
     stream_chunks,
     template_messages,
+    without_stop,
 )
 from steppo_agent.gateway.config import GatewayConfig, default_max_body_bytes
 from steppo_agent.gateway.episodes import EpisodeHeader, EpisodeStore, UnknownEpisodeError
@@ -261,7 +262,8 @@ def _step(gw: Gateway, prep: Prepared, gen: Generation, completion_id: str) -> t
     text = clean_action_text(gen.text)
     req = prep.req
     action, tool_calls = parse_tool_calls(text, req.tools if req.tool_choice != "none" else None, completion_id[9:])
-    content = action.reasoning if (gw.template_tools and tool_calls and action is not None) else text
+    content = action.reasoning if (gw.template_tools and tool_calls and action is not None) else \
+        without_stop(text, req.stop, gen.finish_reason)
     step = Step(index=0, observation=str(prep.messages[-1]["content"]), prompt_ids=prep.ids,
                 response_ids=list(gen.token_ids), response_logprobs=list(gen.logprobs), response_text=text,
                 finish_reason=gen.finish_reason, action=action.to_dict() if action is not None else None,

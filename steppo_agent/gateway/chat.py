@@ -23,7 +23,7 @@ from steppo_agent.records import SamplingConfig
 from steppo_envs.actions import ParsedAction, parse_action
 from steppo_envs.tools import ToolSpec
 
-__all__ = ["ChatMessage", "ChatRequest", "RequestError", "check_tools", "completion_body", "parse_tool_calls",
+__all__ = ["ChatMessage", "ChatRequest", "RequestError", "check_tools", "completion_body", "parse_tool_calls", "without_stop",
            "sampling_of", "stream_chunks", "template_messages"]
 
 
@@ -213,6 +213,19 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None, step_id: str
               "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
              for i, c in enumerate(action.tool_calls)]
     return action, calls
+
+
+def without_stop(text: str, stop: str | list[str] | None, finish_reason: str) -> str:
+    """``text`` without the stop string it ends with, as OpenAI's ``content`` has it. The engine keeps the stop
+    string in the output (the record's ``response_ids`` / ``response_text`` hold exactly what was sampled); only
+    what the client sees loses it. Nothing changes unless the generation finished by a stop (``"stop"``)."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if finish_reason != "stop":
+        return text
+    for s in sorted(stops, key=len, reverse=True):
+        if s and text.endswith(s):
+            return text[: -len(s)]
+    return text
 
 
 def _finish(gen: Generation, tool_calls: list[dict[str, Any]]) -> str:
