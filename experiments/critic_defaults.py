@@ -50,13 +50,28 @@ def command(records: Path, model: str, setting: str, iterations: int, out: Path,
             "--output-dir", str(out), "--resume", "--set", *[f"{k}={json.dumps(v)}" for k, v in sets.items()]]
 
 
+def by_task(records: Path, work: Path) -> Path:
+    """``records`` ordered by (task seed, episode id) in ``work``: a rollout file lists episodes as they finish (the
+    short, won ones first), and offline training takes them in file order, so each batch must be whole groups of
+    tasks as an on-policy run samples them."""
+    from steppo_agent.trajectory_io import read_trajectories
+
+    out = work / "records_by_task.jsonl"
+    if not out.exists():
+        trajectories = sorted(read_trajectories(records), key=lambda t: (t.seed, t.id))
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text("".join(t.to_json_line() + "\n" for t in trajectories))
+        tmp.replace(out)
+    return out
+
+
 def run_setting(args: argparse.Namespace, setting: str) -> None:
     dest = args.results / f"{setting}.json"
     if dest.exists():
         print(f"{setting}: done ({dest})")
         return
     out = args.work / setting
-    cmd = command(args.records, args.model, setting, args.iterations, out, args.seed)
+    cmd = command(by_task(args.records, args.work), args.model, setting, args.iterations, out, args.seed)
     wall = _run(cmd, args.work)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     from steppo_train.precision import describe_cpu
