@@ -78,7 +78,8 @@ def run_setting(args: argparse.Namespace, setting: str) -> None:
 
     record = {"setting": setting, "settings": SETTINGS[setting], "command": shlex.join(["steppo", *cmd[len(STEPPO):]]),
               "wall_s": round(wall, 1), "machine": describe_cpu(),
-              "metrics": [{k: r[k] for k in ("iteration", *KEYS, "losses/value", "charts/value_mean") if k in r}
+              "metrics": [{k: r[k] for k in ("iteration", *KEYS, "losses/value", "losses/value_clip_fraction",
+                                             "charts/value_mean") if k in r}
                           for r in metrics]}
     args.results.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
