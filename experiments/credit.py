@@ -59,6 +59,7 @@ from steppo_agent.records import Trajectory
 from steppo_agent.trajectory_io import read_trajectories
 from steppo_train import advantages as adv
 from steppo_train.batch import StepBatch, build_step_batch
+from steppo_train.diagnostics import explained_variance  # the trainer's own metric, 1 - Var(R - V) / Var(R)
 from steppo_train.targets import token_layout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,14 +204,6 @@ def bootstrap_counts(n_groups: int, replicates: int, seed: int) -> Tensor:
     of each of its items, see :func:`rank_stats`). ``[replicates, n_groups]``, each row summing to ``n_groups``."""
     draws = torch.randint(n_groups, (replicates, n_groups), generator=torch.Generator().manual_seed(seed))
     return torch.zeros(replicates, n_groups).scatter_add_(1, draws, torch.ones(replicates, n_groups))
-
-
-def explained_variance(returns: Tensor, values: Tensor) -> float:
-    """``1 - Var(R - V) / Var(R)`` (population variances): 1 for a perfect critic, 0 for a constant at the mean;
-    NaN when the returns do not vary (nothing to explain)."""
-    r, v = returns.double(), values.double()
-    total = r.var(unbiased=False)
-    return float(1 - (r - v).var(unbiased=False) / total) if total > 0 else float("nan")
 
 
 def fit_linear_head(x: Tensor, y: Tensor, *, seed: int, steps: int, lr: float, batch: int, l2: float,
